@@ -1,0 +1,28 @@
+"""LSMSeg model: pure torch. Public entry points are re-exported here."""
+
+from model.build import WeightsNotFoundError, build_model, load_clip_weights, load_sam_weights
+from model.cfm import Selection, cost_volume, select_categories
+from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from model.config import PRESETS, ClipConfig, HeadConfig, LSMSegConfig, SamConfig, get_config
+from model.lsmseg import LSMSeg, LSMSegOutput
+
+__all__ = [
+    "PRESETS",
+    "ClipConfig",
+    "HeadConfig",
+    "LSMSeg",
+    "LSMSegConfig",
+    "LSMSegOutput",
+    "SamConfig",
+    "Selection",
+    "WeightsNotFoundError",
+    "build_model",
+    "cost_volume",
+    "get_config",
+    "load_checkpoint",
+    "load_clip_weights",
+    "load_sam_weights",
+    "read_metadata",
+    "save_checkpoint",
+    "select_categories",
+]

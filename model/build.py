@@ -1,0 +1,125 @@
+"""build_model: preset or config -> LSMSeg; CLIP and SAM weights from local files or open_clip's cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+
+from model.config import LSMSegConfig, SamConfig, get_config
+from model.lsmseg import LSMSeg
+
+logger = logging.getLogger(__name__)
+
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights are missing; the message names the file and where to get it."""
+
+
+def build_model(
+    preset_or_config: str | LSMSegConfig,
+    *,
+    clip_pretrained: str | Path | None = None,
+    sam_checkpoint: str | Path | None = None,
+) -> LSMSeg:
+    """Build LSMSeg. Without weights the backbones are randomly initialised (for tests only).
+
+    clip_pretrained: a local weights file, or an open_clip tag such as "openai" (taken from open_clip's cache,
+    downloaded there when the machine can reach the hub). sam_checkpoint: the official SAM `.pth`.
+    """
+    config = get_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    model = LSMSeg(config)
+    if clip_pretrained is not None:
+        load_clip_weights(model, clip_pretrained)
+    elif config.clip.pretrained_tag is not None:
+        logger.warning(
+            "CLIP of %s is randomly initialised: pass clip_pretrained for real features", config.name
+        )
+    if sam_checkpoint is not None:
+        load_sam_weights(model, sam_checkpoint)
+    elif config.sam is not None and config.sam.checkpoint_file is not None:
+        logger.warning(
+            "SAM of %s is randomly initialised: pass sam_checkpoint (%s)",
+            config.name,
+            config.sam.checkpoint_file,
+        )
+    return model
+
+
+def _looks_like_path(source: str) -> bool:
+    return "/" in source or source.endswith(_WEIGHT_SUFFIXES)
+
+
+def _clip_weights_file(config: LSMSegConfig, source: str | Path) -> str:
+    clip = config.clip
+    source = str(source)
+    if Path(source).is_file():
+        return source
+    if _looks_like_path(source):
+        raise WeightsNotFoundError(
+            f"CLIP weights file {source!r} does not exist. It should hold the open_clip state dict of "
+            f"{clip.open_clip_name or 'this CLIP'}; or pass an open_clip tag such as 'openai' instead."
+        )
+    if clip.open_clip_name is None:
+        raise WeightsNotFoundError(
+            f"preset {config.name!r} has no open_clip architecture; pass a weights file"
+        )
+    pretrained_cfg = open_clip.pretrained.get_pretrained_cfg(clip.open_clip_name, source)
+    if not pretrained_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(clip.open_clip_name)
+        raise WeightsNotFoundError(
+            f"open_clip has no tag {source!r} for {clip.open_clip_name}; known: {tags}"
+        )
+    try:
+        return open_clip.pretrained.download_pretrained(pretrained_cfg)
+    except Exception as error:  # the hub client raises many types when offline
+        hub = pretrained_cfg.get("hf_hub", "").rstrip("/")
+        raise WeightsNotFoundError(
+            f"CLIP weights {clip.open_clip_name}/{source} are not in open_clip's cache and could not be "
+            f"downloaded ({type(error).__name__}). On a machine with internet run "
+            f"`python -c \"import open_clip; "
+            f"open_clip.create_model('{clip.open_clip_name}', pretrained='{source}')\"` "
+            f"(fills ~/.cache/huggingface) or download the weights from https://huggingface.co/{hub} "
+            f"and pass the file's path."
+        ) from error
+
+
+def load_clip_weights(model: LSMSeg, source: str | Path) -> None:
+    """Load open_clip weights (resizing the position embeddings to the model's input size)."""
+    path = _clip_weights_file(model.config, source)
+    open_clip.load_checkpoint(model.clip.model, path, strict=True, weights_only=True)
+    logger.info("loaded CLIP weights from %s", path)
+
+
+def sam_missing_message(config: SamConfig, path: str | Path) -> str:
+    where = (
+        f" Download {config.checkpoint_file} from {config.checkpoint_url}" if config.checkpoint_url else ""
+    )
+    return (
+        f"SAM checkpoint {str(path)!r} does not exist.{where} (the official segment-anything "
+        f"'{config.registry_name or 'custom'}' weights) and pass its path as sam_checkpoint / "
+        f"LSMSEG_SAM_CHECKPOINT."
+    )
+
+
+def load_sam_weights(model: LSMSeg, path: str | Path) -> None:
+    """Load the image encoder from an official SAM `.pth` (never unpickles arbitrary objects)."""
+    if model.sam is None:
+        raise ValueError(f"preset {model.config.name!r} has no SAM encoder")
+    if not Path(path).is_file():
+        raise WeightsNotFoundError(sam_missing_message(model.sam.config, path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    prefix = "image_encoder."
+    encoder_state = {
+        key[len(prefix) :]: value
+        for key, value in state.items()
+        if key.startswith(prefix) and not key.startswith(prefix + "neck.")
+    }
+    wanted = model.sam.encoder.state_dict()
+    encoder_state = {key: value for key, value in encoder_state.items() if key in wanted}
+    model.sam.encoder.load_state_dict(encoder_state, strict=True)
+    logger.info("loaded SAM image encoder from %s", path)
