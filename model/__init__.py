@@ -5,6 +5,7 @@ from model.cfm import Selection, cost_volume, select_categories
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from model.config import PRESETS, ClipConfig, HeadConfig, LSMSegConfig, SamConfig, get_config
 from model.lsmseg import LSMSeg, LSMSegOutput
+from model.segmenter import Segmentation, SegmentationBatch, Segmenter, to_rgb_array
 
 __all__ = [
     "PRESETS",
@@ -14,6 +15,9 @@ __all__ = [
     "LSMSegConfig",
     "LSMSegOutput",
     "SamConfig",
+    "Segmentation",
+    "SegmentationBatch",
+    "Segmenter",
     "Selection",
     "WeightsNotFoundError",
     "build_model",
@@ -25,4 +29,5 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
     "select_categories",
+    "to_rgb_array",
 ]

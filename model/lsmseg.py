@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,7 +87,7 @@ class LSMSeg(nn.Module):
 
     def text_fingerprint(self) -> str:
         """Hash of the text tower's weights and config: equal fingerprints give equal text embeddings."""
-        digest = hashlib.sha256(self.config.clip.__repr__().encode())
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(self.config.clip), sort_keys=True).encode())
         for name, tensor in sorted(self.clip.text_state().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
@@ -113,8 +115,8 @@ class LSMSeg(nn.Module):
         force: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> Selection:
         """CFM per sample. text: C×P×D shared by the batch, B×C×P×D, or a list of C_i×P×D."""
-        texts = _per_sample(text, dense.shape[0])
-        forces = _per_sample(force, dense.shape[0]) if force is not None else None
+        texts = per_sample(text, dense.shape[0])
+        forces = per_sample(force, dense.shape[0]) if force is not None else None
         return filter_classes(dense, texts, k or self.config.cfm_k, forces)
 
     def refine(
@@ -157,7 +159,7 @@ class LSMSeg(nn.Module):
         output = LSMSegOutput(logits=logits, indices=selection.indices, mask=selection.mask)
         if return_selection:
             return output
-        sizes = {t.shape[0] for t in _per_sample(text, images.shape[0])}
+        sizes = {t.shape[0] for t in per_sample(text, images.shape[0])}
         if len(sizes) != 1:
             raise ValueError("vocabularies of different sizes: call with return_selection=True")
         return output.full_logits(sizes.pop())
@@ -180,7 +182,7 @@ class LSMSeg(nn.Module):
         ]
 
 
-def _per_sample(value: torch.Tensor | Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
+def per_sample(value: torch.Tensor | Sequence[torch.Tensor], batch: int) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         shared_dims = 3 if value.dtype != torch.bool else 1
         if value.dim() == shared_dims:

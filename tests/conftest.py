@@ -92,3 +92,23 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The `tiny` preset with fixed random weights, in eval mode. Tests must not change it."""
+    import torch
+
+    from model import build_model
+
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tiny_model):
+    """Text embeddings of 12 made-up classes for the tiny model (12×2×32)."""
+    import torch
+
+    with torch.no_grad():
+        return tiny_model.encode_text([[f"a photo of thing {i}", f"thing number {i}"] for i in range(12)])

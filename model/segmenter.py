@@ -1,0 +1,207 @@
+"""Inference: preprocessing, batches with per-image vocabularies, CFM, label maps and per-class scores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from model.cfm import Selection
+from model.lsmseg import LSMSeg, TextInput, per_sample
+
+ImageLike = np.ndarray | Image.Image
+
+# Upsampling every class map to a large photo at once can take gigabytes; classes go through in groups.
+_UPSAMPLE_CLASS_GROUP = 8
+
+
+@dataclass
+class Segmentation:
+    label_map: np.ndarray  # H×W int32 at the input image's size; values index the image's class list
+    scores: np.ndarray  # C float32: mean probability over the pixels labelled with the class, 0 if absent
+    areas: np.ndarray  # C int64: pixels labelled with the class
+    selected: np.ndarray  # class indices the CFM kept, ascending
+
+
+@dataclass
+class SegmentationBatch:
+    results: list[Segmentation]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage for the whole batch
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """H×W×3 uint8 RGB from a PIL image or an array (gray, RGBA, 16-bit and float [0, 1] are converted)."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype == np.uint16:
+        array = (array // 257).astype(np.uint8)
+    elif array.dtype.kind == "f":
+        array = (array.clip(0, 1) * 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"expected H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    return np.ascontiguousarray(array[..., :3])
+
+
+class Segmenter:
+    """Runs an LSMSeg model on raw images.
+
+    Each image is resized to the model's square input (or, with `sliding_window`, to a larger square covered
+    by overlapping windows plus one global view, as CAT-Seg evaluates). The CFM picks one class set per image
+    from the global view; label maps come back at each image's own size.
+    """
+
+    def __init__(
+        self,
+        model: LSMSeg,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        sliding_window: bool = False,
+        window_overlap: float = 1 / 3,
+        class_chunk: int | None = None,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        # bf16 on GPUs (the paper's models run fine in it); fp32 on CPUs, where bf16 is slow.
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.sliding_window = sliding_window
+        size = model.config.image_size
+        patch = model.config.clip.patch_size
+        self.window_stride = max(patch, round(size * (1 - window_overlap) / patch) * patch)
+        self.sliding_size = size + self.window_stride  # two windows per side
+        self.class_chunk = class_chunk
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    def _tensor(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+        resized = [
+            F.interpolate(
+                torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255,
+                size=(size, size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+            for image in images
+        ]
+        return torch.cat(resized)
+
+    @contextmanager
+    def _stage(self, timings: dict[str, float], name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+    def _probabilities(
+        self,
+        images: torch.Tensor,
+        selection: Selection | None,
+        text: TextInput,
+        k: int | None,
+        timings: dict[str, float],
+    ) -> tuple[torch.Tensor, Selection]:
+        """B×K×S×S class probabilities of one view (padded classes at -1) and the selection used."""
+        model = self.model
+        with self._stage(timings, "clip"):
+            clip_features = model.clip_features(images)
+        with self._stage(timings, "sam"):
+            guidance = model.fuse(clip_features, model.sam_features(images))
+        if selection is None:
+            with self._stage(timings, "cfm"):
+                selection = model.select(clip_features.dense.float(), text, k)
+        with self._stage(timings, "refine"):
+            logits = model.refine(
+                clip_features.dense, guidance, selection, tuple(images.shape[-2:]), self.class_chunk
+            )
+            probs = torch.sigmoid(logits.float()).masked_fill(~selection.mask[:, :, None, None], -1.0)
+        return probs, selection
+
+    def _sliding_probabilities(
+        self, images: torch.Tensor, text: TextInput, k: int | None, timings: dict[str, float]
+    ) -> tuple[torch.Tensor, Selection]:
+        size, stride, full = self.image_size, self.window_stride, self.sliding_size
+        global_view = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        global_probs, selection = self._probabilities(global_view, None, text, k, timings)
+        total = global_probs.new_zeros(global_probs.shape[0], global_probs.shape[1], full, full)
+        counts = global_probs.new_zeros(1, 1, full, full)
+        for top in range(0, full - size + 1, stride):
+            for left in range(0, full - size + 1, stride):
+                window = images[:, :, top : top + size, left : left + size]
+                probs, _ = self._probabilities(window, selection, text, k, timings)
+                total[:, :, top : top + size, left : left + size] += probs
+                counts[:, :, top : top + size, left : left + size] += 1
+        upsampled = F.interpolate(global_probs, size=(full, full), mode="bilinear", align_corners=False)
+        return (total / counts + upsampled) / 2, selection
+
+    def _label_map(
+        self, probs: torch.Tensor, selection: Selection, index: int, height: int, width: int, num_classes: int
+    ) -> Segmentation:
+        kept = selection.mask[index]
+        probs = probs[index][kept][None]  # 1×K×s×s
+        classes = selection.indices[index][kept]
+        best = probs.new_full((height, width), -2.0)
+        winner = torch.zeros((height, width), dtype=torch.long, device=probs.device)
+        for start in range(0, probs.shape[1], _UPSAMPLE_CLASS_GROUP):
+            group = F.interpolate(
+                probs[:, start : start + _UPSAMPLE_CLASS_GROUP],
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+            )[0]
+            value, position = group.max(dim=0)
+            better = value > best
+            best = torch.where(better, value, best)
+            winner = torch.where(better, position + start, winner)
+        labels = classes[winner]
+        areas = torch.bincount(labels.flatten(), minlength=num_classes)
+        sums = torch.bincount(labels.flatten(), weights=best.flatten().double(), minlength=num_classes)
+        scores = (sums / areas.clamp(min=1)).float()
+        return Segmentation(
+            label_map=labels.to(torch.int32).cpu().numpy(),
+            scores=scores.cpu().numpy(),
+            areas=areas.cpu().numpy(),
+            selected=classes.cpu().numpy(),
+        )
+
+    @torch.inference_mode()
+    def segment(
+        self, images: Sequence[ImageLike], text: TextInput, k: int | None = None
+    ) -> SegmentationBatch:
+        """Segment a batch. text: one C×P×D vocabulary for all images, or one per image (sizes may differ)."""
+        if not images:
+            return SegmentationBatch(results=[])
+        arrays = [to_rgb_array(image) for image in images]
+        texts = [t.to(self.device) for t in per_sample(text, len(arrays))]
+        timings: dict[str, float] = {}
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        with autocast:
+            if self.sliding_window:
+                batch = self._tensor(arrays, self.sliding_size)
+                probs, selection = self._sliding_probabilities(batch, texts, k, timings)
+            else:
+                batch = self._tensor(arrays, self.image_size)
+                probs, selection = self._probabilities(batch, None, texts, k, timings)
+        with self._stage(timings, "postprocess"):
+            results = [
+                self._label_map(
+                    probs, selection, index, array.shape[0], array.shape[1], texts[index].shape[0]
+                )
+                for index, array in enumerate(arrays)
+            ]
+        return SegmentationBatch(results=results, timings=timings)
