@@ -90,7 +90,7 @@ class Segmenter:
     def _tensor(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
         resized = [
             F.interpolate(
-                torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255,
+                torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255,
                 size=(size, size),
                 mode="bilinear",
                 antialias=True,
