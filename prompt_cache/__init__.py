@@ -1,0 +1,63 @@
+"""Text side of LSMSeg: attribute prompts per class and their cached text embeddings. No nn.Module here."""
+
+from prompt_cache.errors import (
+    BankError,
+    NameConflictError,
+    NotFoundError,
+    PromptCacheError,
+    RedisUnavailable,
+    ValidationError,
+)
+from prompt_cache.keys import KEY_PREFIX, description_key, embedding_key, vocab_key, vocab_name_key
+from prompt_cache.llm import (
+    LLMAnswerError,
+    LLMClient,
+    LLMError,
+    LLMNotConfiguredError,
+    LLMRejectedError,
+    LLMUnavailableError,
+)
+from prompt_cache.names import normalise_name, validate_classes
+from prompt_cache.prompt_bank import ATTRIBUTES, PROMPT_VERSION, Bank
+from prompt_cache.prompts import SOURCES, TEMPLATES, PromptBuilder, PromptSet
+from prompt_cache.redis_link import RedisLink
+from prompt_cache.store import EmbeddingStore
+from prompt_cache.tokens import CONTEXT_LENGTH, token_count, truncate
+from prompt_cache.vocab import VocabRegistry, Vocabulary, vocab_id_for
+
+__all__ = [
+    "ATTRIBUTES",
+    "CONTEXT_LENGTH",
+    "KEY_PREFIX",
+    "PROMPT_VERSION",
+    "SOURCES",
+    "TEMPLATES",
+    "Bank",
+    "BankError",
+    "EmbeddingStore",
+    "LLMAnswerError",
+    "LLMClient",
+    "LLMError",
+    "LLMNotConfiguredError",
+    "LLMRejectedError",
+    "LLMUnavailableError",
+    "NameConflictError",
+    "NotFoundError",
+    "PromptBuilder",
+    "PromptCacheError",
+    "PromptSet",
+    "RedisLink",
+    "RedisUnavailable",
+    "ValidationError",
+    "VocabRegistry",
+    "Vocabulary",
+    "description_key",
+    "embedding_key",
+    "normalise_name",
+    "token_count",
+    "truncate",
+    "validate_classes",
+    "vocab_id_for",
+    "vocab_key",
+    "vocab_name_key",
+]

@@ -1,0 +1,36 @@
+"""Redis key layout (design §3). Every key lives under one versioned prefix; user text is always hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+from prompt_cache.names import normalise_name
+
+KEY_PREFIX = "lsmseg:v1:"
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def prompts_digest(prompts: Sequence[str]) -> str:
+    """Hash of one class's prompt list; JSON keeps the boundaries between prompts unambiguous."""
+    return sha256_hex(json.dumps(list(prompts), ensure_ascii=False, separators=(",", ":")))
+
+
+def embedding_key(model_fingerprint: str, prompts: Sequence[str]) -> str:
+    return f"{KEY_PREFIX}emb:{model_fingerprint}:{prompts_digest(prompts)}"
+
+
+def description_key(prompt_version: str, class_name: str) -> str:
+    return f"{KEY_PREFIX}desc:{prompt_version}:{sha256_hex(normalise_name(class_name))}"
+
+
+def vocab_key(vocab_id: str) -> str:
+    return f"{KEY_PREFIX}vocab:{vocab_id}"
+
+
+def vocab_name_key(name: str) -> str:
+    return f"{KEY_PREFIX}vocabname:{name}"

@@ -1,0 +1,82 @@
+"""Class-name normalisation and validation shared by the prompt builder and the vocabulary registry."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from prompt_cache.errors import ValidationError
+
+MAX_CLASSES = 4096
+MAX_CLASS_CHARS = 200
+MAX_DESCRIPTIONS_PER_CLASS = 16
+MAX_DESCRIPTION_CHARS = 1000
+
+
+def normalise_name(name: str) -> str:
+    """Strip, lower-case and collapse whitespace: the form every lookup and hash uses."""
+    return " ".join(name.split()).lower()
+
+
+def first_synonym(name: str) -> str:
+    """'car, auto, automobile' -> 'car' (vocabularies such as ADE-847 list synonyms after commas)."""
+    return name.split(",")[0].strip() or name
+
+
+def validate_classes(
+    classes: Sequence[str], max_classes: int = MAX_CLASSES, max_chars: int = MAX_CLASS_CHARS
+) -> list[str]:
+    """The normalised class names, or a ValidationError whose message says what is wrong."""
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise ValidationError("classes must be a list of class names")
+    if not classes:
+        raise ValidationError("the class list is empty; give at least one class")
+    if len(classes) > max_classes:
+        raise ValidationError(f"{len(classes)} classes given; at most {max_classes} are allowed")
+    names = []
+    for index, raw in enumerate(classes):
+        if not isinstance(raw, str):
+            raise ValidationError(f"class {index} is not a string")
+        name = normalise_name(raw)
+        if not name:
+            raise ValidationError(f"class {index} is empty")
+        if len(name) > max_chars:
+            raise ValidationError(
+                f"class {index} has {len(name)} characters; at most {max_chars} are allowed"
+            )
+        names.append(name)
+    duplicates = [name for name, count in Counter(names).items() if count > 1]
+    if duplicates:
+        shown = ", ".join(repr(name) for name in duplicates[:5])
+        raise ValidationError(f"duplicate classes after normalisation (case and spaces ignored): {shown}")
+    return names
+
+
+def validate_descriptions(
+    descriptions: Mapping[str, Sequence[str]], classes: Sequence[str]
+) -> dict[str, list[str]]:
+    """User-written prompts keyed by normalised class name; every key must name one of `classes`."""
+    if not isinstance(descriptions, Mapping):
+        raise ValidationError("descriptions must map class names to lists of sentences")
+    known = set(classes)
+    cleaned: dict[str, list[str]] = {}
+    for raw_name, sentences in descriptions.items():
+        name = normalise_name(raw_name) if isinstance(raw_name, str) else ""
+        if name not in known:
+            raise ValidationError(f"descriptions given for {raw_name!r}, which is not in the class list")
+        if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
+            raise ValidationError(f"descriptions for {raw_name!r} must be a non-empty list of sentences")
+        if len(sentences) > MAX_DESCRIPTIONS_PER_CLASS:
+            raise ValidationError(
+                f"{len(sentences)} descriptions given for {raw_name!r}; at most {MAX_DESCRIPTIONS_PER_CLASS}"
+            )
+        for sentence in sentences:
+            if not isinstance(sentence, str) or not sentence.strip():
+                raise ValidationError(f"descriptions for {raw_name!r} contain an empty or non-text entry")
+            if len(sentence) > MAX_DESCRIPTION_CHARS:
+                raise ValidationError(
+                    f"a description for {raw_name!r} has {len(sentence)} characters; "
+                    f"at most {MAX_DESCRIPTION_CHARS} are allowed"
+                )
+        cleaned[name] = [" ".join(sentence.split()) for sentence in sentences]
+    return cleaned

@@ -1,0 +1,270 @@
+"""EmbeddingStore: text embeddings per class behind an in-process LRU and Redis.
+
+Lookup order for a vocabulary: memory LRU -> one Redis MGET for the memory misses -> `encode_fn` for what is
+still missing -> write-back of the new embeddings (float16 bytes, one pipeline). Keys (design §3):
+  lsmseg:v1:emb:{model_fingerprint}:{sha256(prompts)}   float16 bytes, P×D, row-major
+  lsmseg:v1:desc:{prompt_version}:{sha256(name)}        JSON {"class", "prompts"} written by the LLM
+Redis problems never reach the caller: they are counted, the answer comes from memory and `encode_fn`, and
+what could not be written is kept (bounded) and written once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+import numpy as np
+import torch
+
+from prompt_cache.errors import RedisUnavailable
+from prompt_cache.keys import description_key, embedding_key
+from prompt_cache.names import normalise_name
+from prompt_cache.redis_link import RedisLink
+
+EncodeFn = Callable[[list[list[str]]], torch.Tensor]
+CountListener = Callable[[str, str, int], None]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A thread-safe least-recently-used map with a fixed number of entries."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class EmbeddingStore:
+    """C lists of P prompts -> C×P×D float32 embeddings, computing only what no cache tier holds.
+
+    `redis_url` may also be a RedisLink shared with the VocabRegistry (one circuit breaker for both);
+    None keeps everything in memory. Counts per (tier, result) are kept in `counts()` and, when given,
+    reported to `on_count(tier, result, n)` (e.g. a Prometheus counter's labels(...).inc(n)):
+      memory: hit | miss       redis: hit | miss | error (attempt failed) | skipped (breaker open)
+      encode: computed         (all counted per distinct prompt list)
+    """
+
+    def __init__(
+        self,
+        redis_url: str | RedisLink | None,
+        model_fingerprint: str,
+        prompt_version: str,
+        memory_items: int = 8192,
+        *,
+        ttl_s: int | None = None,
+        device: torch.device | str = "cpu",
+        on_count: CountListener | None = None,
+    ) -> None:
+        self.link = redis_url if isinstance(redis_url, RedisLink) else RedisLink(redis_url)
+        self.model_fingerprint = model_fingerprint
+        self.prompt_version = prompt_version
+        self.ttl_s = ttl_s
+        self.device = torch.device(device)
+        self.on_count = on_count
+        self._embeddings: LRU[str, torch.Tensor] = LRU(memory_items)
+        self._descriptions: LRU[str, list[str]] = LRU(memory_items)
+        # prompt tuple -> key: JSON + SHA-256 would otherwise be a third of a warm lookup
+        self._keys: LRU[tuple[str, ...], str] = LRU(memory_items)
+        self._counts: Counter[tuple[str, str]] = Counter()
+        # Writes Redis could not take (key -> (value, ttl)); retried when it answers again. Bounded.
+        self._unwritten: OrderedDict[str, tuple[bytes, int | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, prompts_per_class: Sequence[Sequence[str]], encode_fn: EncodeFn) -> torch.Tensor:
+        """C×P×D float32 on `device`, values as `encode_fn` returned them (float16-rounded when from Redis).
+
+        `encode_fn(prompt_lists)` receives only the prompt lists no tier had, and must return M×P×D.
+        """
+        keys = [self._key(prompts) for prompts in _check_shape(prompts_per_class)]
+        prompts_by_key = dict(zip(keys, prompts_per_class, strict=True))
+        found: dict[str, torch.Tensor] = {}
+        for key in prompts_by_key:
+            cached = self._embeddings.get(key)
+            if cached is not None:
+                found[key] = cached
+        missing = [key for key in prompts_by_key if key not in found]
+        self._count("memory", "hit", len(found))
+        self._count("memory", "miss", len(missing))
+        if missing and self.link.enabled:
+            found.update(self._fetch(missing, len(prompts_per_class[0])))
+        to_encode = [key for key in missing if key not in found]
+        new_entries: dict[str, tuple[bytes, int | None]] = {}
+        if to_encode:
+            encoded = self._encode([list(prompts_by_key[key]) for key in to_encode], encode_fn)
+            for key, embedding in zip(to_encode, encoded, strict=True):
+                found[key] = embedding
+                self._embeddings.put(key, embedding.clone())  # a view would pin the whole batch in memory
+            if self.link.enabled:
+                rows = encoded.cpu().half().numpy()
+                for key, row in zip(to_encode, rows, strict=True):
+                    new_entries[key] = (row.tobytes(), self.ttl_s)
+        self._write(new_entries)
+        return torch.stack([found[key] for key in keys])
+
+    def get_descriptions(self, names: Sequence[str]) -> dict[str, list[str]]:
+        """LLM-written sentences already cached for these classes, keyed by normalised name (one MGET)."""
+        wanted = list(dict.fromkeys(normalise_name(name) for name in names))
+        found = {}
+        for name in wanted:
+            cached = self._descriptions.get(name)
+            if cached is not None:
+                found[name] = cached
+        missing = [name for name in wanted if name not in found]
+        if not missing or not self.link.enabled:
+            return found
+        keys = [description_key(self.prompt_version, name) for name in missing]
+        try:
+            values = self.link.run(lambda client: client.mget(keys))
+        except RedisUnavailable:
+            return found
+        for name, value in zip(missing, values, strict=True):
+            prompts = _decode_description(value)
+            if prompts is not None:
+                found[name] = prompts
+                self._descriptions.put(name, prompts)
+        return found
+
+    def put_descriptions(self, descriptions: Mapping[str, Sequence[str]]) -> None:
+        """Cache LLM-written sentences for good (no TTL): the LLM is asked once per class, ever."""
+        entries = {}
+        for raw_name, prompts in descriptions.items():
+            name = normalise_name(raw_name)
+            self._descriptions.put(name, list(prompts))
+            value = json.dumps({"class": name, "prompts": list(prompts)}, ensure_ascii=False).encode()
+            entries[description_key(self.prompt_version, name)] = (value, None)
+        self._write(entries)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def redis_state(self) -> str:
+        """'up' | 'down' | 'disabled', for the service's /readyz."""
+        return self.link.state()
+
+    @property
+    def outages(self) -> int:
+        return self.link.outages
+
+    def close(self) -> None:
+        self.link.close()
+
+    def _key(self, prompts: Sequence[str]) -> str:
+        prompts = tuple(prompts)
+        key = self._keys.get(prompts)
+        if key is None:
+            key = embedding_key(self.model_fingerprint, prompts)
+            self._keys.put(prompts, key)
+        return key
+
+    def _fetch(self, keys: list[str], prompts_per_class: int) -> dict[str, torch.Tensor]:
+        try:
+            values = self.link.run(lambda client: client.mget(keys))
+        except RedisUnavailable as exc:
+            self._count("redis", "error" if exc.attempted else "skipped", len(keys))
+            return {}
+        hits = [(key, value) for key, value in zip(keys, values, strict=True) if value]
+        # All entries of one fingerprint have one size (P×D float16); anything else is a damaged value.
+        sizes = Counter(len(value) for _, value in hits)
+        size = sizes.most_common(1)[0][0] if sizes else 0
+        if size % (2 * prompts_per_class) != 0:
+            size = -1
+        hits = [(key, value) for key, value in hits if len(value) == size]
+        self._count("redis", "hit", len(hits))
+        self._count("redis", "miss", len(keys) - len(hits))
+        if not hits:
+            return {}
+        blob = np.frombuffer(b"".join(value for _, value in hits), dtype=np.float16)
+        decoded = torch.from_numpy(blob.reshape(len(hits), prompts_per_class, -1).astype(np.float32))
+        decoded = decoded.to(self.device)
+        fetched = {}
+        for (key, _), embedding in zip(hits, decoded, strict=True):
+            fetched[key] = embedding
+            self._embeddings.put(key, embedding.clone())
+        return fetched
+
+    def _encode(self, prompt_lists: list[list[str]], encode_fn: EncodeFn) -> torch.Tensor:
+        with torch.no_grad():
+            encoded = encode_fn(prompt_lists)
+        expected = (len(prompt_lists), len(prompt_lists[0]))
+        if encoded.dim() != 3 or tuple(encoded.shape[:2]) != expected:
+            raise ValueError(f"encode_fn returned shape {tuple(encoded.shape)}; expected {expected} × D")
+        self._count("encode", "computed", len(prompt_lists))
+        return encoded.detach().to(self.device, torch.float32)
+
+    def _write(self, entries: dict[str, tuple[bytes, int | None]]) -> None:
+        """Write `entries` plus anything an outage held back, in one pipeline; keep them if Redis is down."""
+        if not self.link.enabled:
+            return
+        with self._lock:
+            self._unwritten.update(entries)
+            while len(self._unwritten) > self._embeddings.capacity:
+                self._unwritten.popitem(last=False)
+            pending = dict(self._unwritten)
+        if not pending or not self.link.may_try():
+            return
+
+        def write(client) -> None:
+            pipe = client.pipeline(transaction=False)
+            for key, (value, ttl) in pending.items():
+                pipe.set(key, value, ex=ttl)
+            pipe.execute()
+
+        try:
+            self.link.run(write)
+        except RedisUnavailable:
+            return
+        with self._lock:
+            for key in pending:
+                self._unwritten.pop(key, None)
+
+    def _count(self, tier: str, result: str, n: int) -> None:
+        if n == 0:
+            return
+        with self._lock:
+            self._counts[(tier, result)] += n
+        if self.on_count is not None:
+            self.on_count(tier, result, n)
+
+
+def _check_shape(prompts_per_class: Sequence[Sequence[str]]) -> Sequence[Sequence[str]]:
+    if not prompts_per_class:
+        raise ValueError("no classes given")
+    per_class = len(prompts_per_class[0])
+    if per_class == 0 or any(len(prompts) != per_class for prompts in prompts_per_class):
+        raise ValueError("every class needs the same, non-zero number of prompts")
+    return prompts_per_class
+
+
+def _decode_description(value: bytes | None) -> list[str] | None:
+    if not value:
+        return None
+    try:
+        prompts = json.loads(value)["prompts"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(prompts, list) or not all(isinstance(prompt, str) for prompt in prompts):
+        return None
+    return prompts
