@@ -1,0 +1,100 @@
+"""lsmseg-prompts: generate with resume against a local chat-completions server, show, list."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prompt_fake_llm import FakeLLM, Reply, chat_body, good_content
+
+from prompt_cache import ATTRIBUTES, PROMPT_VERSION, Bank
+from prompt_cache.cli import main
+
+ADE847 = Bank().vocabulary("ade847")
+
+
+@pytest.fixture
+def fake_llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLM]:
+    server = FakeLLM()
+    monkeypatch.setenv("LSMSEG_LLM_URL", server.url)
+    monkeypatch.setenv("LSMSEG_LLM_MODEL", "test-model")
+    yield server
+    server.close()
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_generate_writes_new_classes_and_resumes(fake_llm: FakeLLM, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ade847.json"
+    assert main(["generate", "--vocab", "ade847", "--out", str(out), "--limit", "3", "--workers", "2"]) == 0
+    document = read(out)
+    assert document["prompt_version"] == PROMPT_VERSION
+    assert document["attributes"] == list(ATTRIBUTES)
+    assert list(document["descriptions"]) == ADE847[:3]  # vocabulary order, whatever order answers came in
+    assert document["descriptions"]["building, edifice"][0].startswith("A building is a table-sized")
+    assert sorted(fake_llm.subjects()) == ["building", "sky", "wall"]
+    assert "3 of 847 classes of ade847 described" in capsys.readouterr().out
+
+    # Second run as a real process with pipes (no tty): it skips the three and asks for the next two.
+    env = {**os.environ, "LSMSEG_LLM_URL": fake_llm.url, "LSMSEG_LLM_MODEL": "test-model"}
+    command = [sys.executable, "-m", "prompt_cache.cli", "generate", "--vocab", "ade847", "--limit", "2"]
+    done = subprocess.run(
+        [*command, "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "5 of 847 classes of ade847 described; 0 rejected" in done.stdout
+    assert "\r" not in done.stderr  # no progress bar redrawn into a pipe
+    assert list(read(out)["descriptions"]) == ADE847[:5]
+    assert sorted(fake_llm.subjects()[3:]) == ["road", "tree"]
+
+
+def test_generate_keeps_progress_and_fails_clearly_when_the_llm_breaks(
+    fake_llm: FakeLLM, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "voc20.json"
+    broken = Reply(status=500, body="boom", headers={"Retry-After": "0"})
+    good = Reply(body=chat_body(good_content("aeroplane")))
+    fake_llm.script.extend([good, Reply(body="{}"), *[broken] * 4])
+    code = main(["generate", "--vocab", "voc20", "--out", str(out), "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "rejected 'bicycle'" in captured.err
+    assert "stopped early" in captured.err and "failed 4 times; last: HTTP 500" in captured.err
+    assert list(read(out)["descriptions"]) == ["aeroplane"]
+    assert len(fake_llm.requests) == 6  # nothing was asked after the fatal error
+
+
+def test_generate_without_an_llm_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.delenv("LSMSEG_LLM_URL", raising=False)
+    assert main(["generate", "--vocab", "voc20", "--out", str(tmp_path / "x.json")]) == 2
+    assert "no LLM is configured: set LSMSEG_LLM_URL and LSMSEG_LLM_MODEL" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_show_prints_the_prompts_of_one_class(capsys) -> None:
+    assert main(["show", "--vocab", "ade847", "--class", " Building, Edifice", "--prompts-per-class=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("building, edifice  (class 1 of ade847, source: ")
+    assert len(out.strip().splitlines()) == 3
+    assert main(["show", "--vocab", "voc20", "--class", "aeroplan"]) == 2
+    assert "did you mean 'aeroplane'" in capsys.readouterr().err
+
+
+def test_list_counts_classes_per_vocabulary(capsys) -> None:
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["ade847"][0] == "847"
+    assert rows["voc20"][0] == "20"
