@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,6 +18,9 @@ class Sample:
     image: np.ndarray  # H×W×3 uint8 RGB
     label: np.ndarray  # H×W int32 class indices into the dataset's `classes`, IGNORE_INDEX elsewhere
     name: str  # file stem or generator id, for logs and error messages
+    # H×W int32 class-agnostic segment ids (≥ 1; IGNORE_INDEX on padding), where a dataset knows them
+    # (the synthetic scenes); transforms move it together with the label.
+    instances: np.ndarray | None = None
 
 
 class SegmentationDataset(Protocol):
@@ -25,3 +29,29 @@ class SegmentationDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Sample: ...
+
+
+# A transform gets the generator it must draw from, so the caller decides how augmentation is seeded
+# (per stream position in training, per index in evaluation) and runs are reproducible.
+Transform = Callable[[Sample, np.random.Generator], Sample]
+
+
+class TransformedDataset:
+    """`dataset` with `transform` applied to every item, item i seeded by (seed, i)."""
+
+    def __init__(self, dataset: SegmentationDataset, transform: Transform, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        index = index + len(self) if index < 0 else index  # the same seed for a negative index
+        return self.transform(self.dataset[index], np.random.default_rng([self.seed, index]))
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A prepared dataset folder is missing; the message names the folder and the preparation step."""
