@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -38,17 +38,19 @@ class LRU(Generic[K, V]):
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: K) -> V | None:
+    def get_many(self, keys: Sequence[K]) -> list[V | None]:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            found = [self._items.get(key) for key in keys]
+            for key, value in zip(keys, found, strict=True):
+                if value is not None:
+                    self._items.move_to_end(key)
+            return found
 
-    def put(self, key: K, value: V) -> None:
+    def put_many(self, items: Iterable[tuple[K, V]]) -> None:
         with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
+            for key, value in items:
+                self._items[key] = value
+                self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
@@ -97,40 +99,42 @@ class EmbeddingStore:
 
         `encode_fn(prompt_lists)` receives only the prompt lists no tier had, and must return M×P×D.
         """
-        keys = [self._key(prompts) for prompts in _check_shape(prompts_per_class)]
-        prompts_by_key = dict(zip(keys, prompts_per_class, strict=True))
-        found: dict[str, torch.Tensor] = {}
-        for key in prompts_by_key:
-            cached = self._embeddings.get(key)
-            if cached is not None:
-                found[key] = cached
-        missing = [key for key in prompts_by_key if key not in found]
-        self._count("memory", "hit", len(found))
+        per_class = _prompts_per_class(prompts_per_class)
+        keys = self._keys_for(prompts_per_class)
+        prompts_by_key = dict(zip(keys, prompts_per_class, strict=True))  # also drops repeated classes
+        distinct = list(prompts_by_key)
+        cached = self._embeddings.get_many(distinct)
+        blocks: list[tuple[list[str], torch.Tensor]] = []  # (keys, their rows), assembled at the end
+        missing = [key for key, row in zip(distinct, cached, strict=True) if row is None]
+        self._count("memory", "hit", len(distinct) - len(missing))
         self._count("memory", "miss", len(missing))
+        if len(missing) < len(distinct):
+            hits = [key for key, row in zip(distinct, cached, strict=True) if row is not None]
+            blocks.append((hits, torch.stack([row for row in cached if row is not None])))
         if missing and self.link.enabled:
-            found.update(self._fetch(missing, len(prompts_per_class[0])))
-        to_encode = [key for key in missing if key not in found]
+            fetched_keys, fetched = self._fetch(missing, per_class)
+            if fetched_keys:
+                blocks.append((fetched_keys, fetched))
+                self._remember(fetched_keys, fetched)
+                found = set(fetched_keys)
+                missing = [key for key in missing if key not in found]
         new_entries: dict[str, tuple[bytes, int | None]] = {}
-        if to_encode:
-            encoded = self._encode([list(prompts_by_key[key]) for key in to_encode], encode_fn)
-            for key, embedding in zip(to_encode, encoded, strict=True):
-                found[key] = embedding
-                self._embeddings.put(key, embedding.clone())  # a view would pin the whole batch in memory
+        if missing:
+            encoded = self._encode([list(prompts_by_key[key]) for key in missing], encode_fn)
+            blocks.append((missing, encoded))
+            self._remember(missing, encoded)
             if self.link.enabled:
-                rows = encoded.cpu().half().numpy()
-                for key, row in zip(to_encode, rows, strict=True):
+                as_float16 = encoded.cpu().half().numpy()
+                for key, row in zip(missing, as_float16, strict=True):
                     new_entries[key] = (row.tobytes(), self.ttl_s)
         self._write(new_entries)
-        return torch.stack([found[key] for key in keys])
+        return self._assemble(keys, blocks)
 
     def get_descriptions(self, names: Sequence[str]) -> dict[str, list[str]]:
         """LLM-written sentences already cached for these classes, keyed by normalised name (one MGET)."""
         wanted = list(dict.fromkeys(normalise_name(name) for name in names))
-        found = {}
-        for name in wanted:
-            cached = self._descriptions.get(name)
-            if cached is not None:
-                found[name] = cached
+        cached = self._descriptions.get_many(wanted)
+        found = {name: prompts for name, prompts in zip(wanted, cached, strict=True) if prompts is not None}
         missing = [name for name in wanted if name not in found]
         if not missing or not self.link.enabled:
             return found
@@ -139,20 +143,18 @@ class EmbeddingStore:
             values = self.link.run(lambda client: client.mget(keys))
         except RedisUnavailable:
             return found
-        for name, value in zip(missing, values, strict=True):
-            prompts = _decode_description(value)
-            if prompts is not None:
-                found[name] = prompts
-                self._descriptions.put(name, prompts)
-        return found
+        fetched = {name: _decode_description(value) for name, value in zip(missing, values, strict=True)}
+        fetched = {name: prompts for name, prompts in fetched.items() if prompts is not None}
+        self._descriptions.put_many(fetched.items())
+        return found | fetched
 
     def put_descriptions(self, descriptions: Mapping[str, Sequence[str]]) -> None:
         """Cache LLM-written sentences for good (no TTL): the LLM is asked once per class, ever."""
+        cleaned = {normalise_name(name): list(prompts) for name, prompts in descriptions.items()}
+        self._descriptions.put_many(cleaned.items())
         entries = {}
-        for raw_name, prompts in descriptions.items():
-            name = normalise_name(raw_name)
-            self._descriptions.put(name, list(prompts))
-            value = json.dumps({"class": name, "prompts": list(prompts)}, ensure_ascii=False).encode()
+        for name, prompts in cleaned.items():
+            value = json.dumps({"class": name, "prompts": prompts}, ensure_ascii=False).encode()
             entries[description_key(self.prompt_version, name)] = (value, None)
         self._write(entries)
 
@@ -171,20 +173,25 @@ class EmbeddingStore:
     def close(self) -> None:
         self.link.close()
 
-    def _key(self, prompts: Sequence[str]) -> str:
-        prompts = tuple(prompts)
-        key = self._keys.get(prompts)
-        if key is None:
-            key = embedding_key(self.model_fingerprint, prompts)
-            self._keys.put(prompts, key)
-        return key
+    def _keys_for(self, prompts_per_class: Sequence[Sequence[str]]) -> list[str]:
+        # Remembered per prompt tuple: hashing would otherwise be a third of a warm lookup.
+        groups = [tuple(prompts) for prompts in prompts_per_class]
+        keys = self._keys.get_many(groups)
+        new = []
+        for index, key in enumerate(keys):
+            if key is None:
+                keys[index] = embedding_key(self.model_fingerprint, groups[index])
+                new.append((groups[index], keys[index]))
+        self._keys.put_many(new)
+        return keys
 
-    def _fetch(self, keys: list[str], prompts_per_class: int) -> dict[str, torch.Tensor]:
+    def _fetch(self, keys: list[str], prompts_per_class: int) -> tuple[list[str], torch.Tensor | None]:
+        """The keys Redis had and their rows (one MGET, one float16 decode for all of them)."""
         try:
             values = self.link.run(lambda client: client.mget(keys))
         except RedisUnavailable as exc:
             self._count("redis", "error" if exc.attempted else "skipped", len(keys))
-            return {}
+            return [], None
         hits = [(key, value) for key, value in zip(keys, values, strict=True) if value]
         # All entries of one fingerprint have one size (P×D float16); anything else is a damaged value.
         sizes = Counter(len(value) for _, value in hits)
@@ -195,15 +202,25 @@ class EmbeddingStore:
         self._count("redis", "hit", len(hits))
         self._count("redis", "miss", len(keys) - len(hits))
         if not hits:
-            return {}
+            return [], None
         blob = np.frombuffer(b"".join(value for _, value in hits), dtype=np.float16)
         decoded = torch.from_numpy(blob.reshape(len(hits), prompts_per_class, -1).astype(np.float32))
-        decoded = decoded.to(self.device)
-        fetched = {}
-        for (key, _), embedding in zip(hits, decoded, strict=True):
-            fetched[key] = embedding
-            self._embeddings.put(key, embedding.clone())
-        return fetched
+        return [key for key, _ in hits], decoded.to(self.device)
+
+    def _remember(self, keys: list[str], rows: torch.Tensor) -> None:
+        if self._embeddings.capacity > 0:
+            # Copies, not views: a view would keep its whole batch alive as long as any row is cached.
+            self._embeddings.put_many(zip(keys, [row.clone() for row in rows], strict=True))
+
+    @staticmethod
+    def _assemble(keys: list[str], blocks: list[tuple[list[str], torch.Tensor]]) -> torch.Tensor:
+        """One C×P×D tensor from the blocks each tier produced, in the caller's class order."""
+        if len(blocks) == 1 and blocks[0][0] == keys:
+            return blocks[0][1]  # the usual case: one tier had everything
+        rows: dict[str, torch.Tensor] = {}
+        for block_keys, block in blocks:
+            rows.update(zip(block_keys, block.unbind(0), strict=True))
+        return torch.stack([rows[key] for key in keys])
 
     def _encode(self, prompt_lists: list[list[str]], encode_fn: EncodeFn) -> torch.Tensor:
         with torch.no_grad():
@@ -215,30 +232,34 @@ class EmbeddingStore:
         return encoded.detach().to(self.device, torch.float32)
 
     def _write(self, entries: dict[str, tuple[bytes, int | None]]) -> None:
-        """Write `entries` plus anything an outage held back, in one pipeline; keep them if Redis is down."""
+        """Write `entries` plus anything an outage held back, in one pipeline; hold them if Redis is down."""
         if not self.link.enabled:
             return
+        with self._lock:
+            pending = {**self._unwritten, **entries}
+        if not pending:
+            return
+        if self.link.may_try():
+
+            def write(client) -> None:
+                pipe = client.pipeline(transaction=False)
+                for key, (value, ttl) in pending.items():
+                    pipe.set(key, value, ex=ttl)
+                pipe.execute()
+
+            try:
+                self.link.run(write)
+            except RedisUnavailable:
+                pass
+            else:
+                with self._lock:
+                    for key in pending:
+                        self._unwritten.pop(key, None)
+                return
         with self._lock:
             self._unwritten.update(entries)
             while len(self._unwritten) > self._embeddings.capacity:
                 self._unwritten.popitem(last=False)
-            pending = dict(self._unwritten)
-        if not pending or not self.link.may_try():
-            return
-
-        def write(client) -> None:
-            pipe = client.pipeline(transaction=False)
-            for key, (value, ttl) in pending.items():
-                pipe.set(key, value, ex=ttl)
-            pipe.execute()
-
-        try:
-            self.link.run(write)
-        except RedisUnavailable:
-            return
-        with self._lock:
-            for key in pending:
-                self._unwritten.pop(key, None)
 
     def _count(self, tier: str, result: str, n: int) -> None:
         if n == 0:
@@ -249,13 +270,13 @@ class EmbeddingStore:
             self.on_count(tier, result, n)
 
 
-def _check_shape(prompts_per_class: Sequence[Sequence[str]]) -> Sequence[Sequence[str]]:
+def _prompts_per_class(prompts_per_class: Sequence[Sequence[str]]) -> int:
     if not prompts_per_class:
         raise ValueError("no classes given")
     per_class = len(prompts_per_class[0])
     if per_class == 0 or any(len(prompts) != per_class for prompts in prompts_per_class):
         raise ValueError("every class needs the same, non-zero number of prompts")
-    return prompts_per_class
+    return per_class
 
 
 def _decode_description(value: bytes | None) -> list[str] | None:

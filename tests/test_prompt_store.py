@@ -176,7 +176,7 @@ def test_bad_shapes_are_rejected(encoder: CountingEncoder) -> None:
 
 
 def test_redis_outage_is_survived_counted_and_healed(private_redis, encoder: CountingEncoder) -> None:
-    link = RedisLink(private_redis.url, timeout_s=0.2, cooldown_s=0.5)
+    link = RedisLink(private_redis.url, timeout_s=0.2, cooldown_s=60.0)
     store = EmbeddingStore(link, encoder.fingerprint, PROMPT_VERSION)
     before = prompts_for(NAMES[:4])
     store.get(before, encoder)
@@ -199,7 +199,8 @@ def test_redis_outage_is_survived_counted_and_healed(private_redis, encoder: Cou
     assert link.failures == 1 and store.outages == 1
 
     private_redis.start()  # same port, empty database: what was written before the outage is gone
-    time.sleep(0.6)
+    assert store.redis_state() == "down"  # still cooling down: no probe yet
+    link.cooldown_s = 0.0
     assert store.redis_state() == "up"
     store.get(during, encoder)  # all from memory; what the outage held back is written now
     everything = prompts_for([*NAMES, "tree"])
