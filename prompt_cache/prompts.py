@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prompt_cache.llm import LLMAnswerError, LLMClient
-from prompt_cache.names import MAX_CLASSES, first_synonym, validate_classes, validate_descriptions
+from prompt_cache.names import MAX_CLASSES, validate_classes, validate_descriptions
 from prompt_cache.prompt_bank import Bank
 from prompt_cache.tokens import truncate
 
@@ -124,8 +124,8 @@ class PromptBuilder:
         return PromptSet(classes, prompts, sources, failures, truncated)
 
     def _pick(self, name: str, sentences: list[str]) -> list[str]:
-        subject = first_synonym(name)
-        candidates = [*sentences, *(template.format(subject) for template in TEMPLATES)]
+        # The full name, synonyms included: ADE-847 has classes that share their first synonym.
+        candidates = [*sentences, *(template.format(name) for template in TEMPLATES)]
         return [candidates[index % len(candidates)] for index in range(self.prompts_per_class)]
 
     def _ask_llm(self, llm: LLMClient, names: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:

@@ -111,12 +111,15 @@ def test_p_prompts_take_attributes_in_order_then_templates_then_repeat(bank: Ban
     assert many[13:] == CAT[:2]  # 5 sentences + 8 templates, then from the start again
 
 
-def test_template_fallback_uses_the_first_synonym_and_is_deterministic(bank: Bank) -> None:
+def test_template_fallback_keeps_synonyms_and_is_deterministic(bank: Bank) -> None:
     builder = PromptBuilder(bank, prompts_per_class=len(TEMPLATES) + 1)
     first = builder.build(["car, auto"])
-    assert first.prompts[0][:2] == ["a photo of a car.", "a photo of a car, showing its size."]
-    assert first.prompts[0][-1] == "a photo of a car."
+    assert first.prompts[0][:2] == ["a photo of a car, auto.", "a photo of a car, auto, showing its size."]
+    assert first.prompts[0][-1] == "a photo of a car, auto."
     assert builder.build(["car, auto"]).prompts == first.prompts
+    # ADE-847 has "pot, flowerpot" and "pot": they must not get the same prompts.
+    pots = builder.build(["pot, flowerpot", "pot"]).prompts
+    assert pots[0] != pots[1]
 
 
 def test_user_descriptions_come_first(bank: Bank) -> None:
@@ -125,7 +128,7 @@ def test_user_descriptions_come_first(bank: Bank) -> None:
     assert result.prompts == [
         ["a very fat cat asleep on a sofa.", "a photo of a cat."],
         ["a wet dog.", "a dog's nose."],
-        ["a photo of a car.", "a photo of a car, showing its size."],
+        ["a photo of a car, auto.", "a photo of a car, auto, showing its size."],
     ]
     assert result.counts == {"user": 2, "bank": 0, "llm": 0, "template": 1}
 
