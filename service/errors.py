@@ -1,0 +1,132 @@
+"""One error format for every failure: `{"error": {"code", "message"}}`, never an HTML page or a bare 500."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prompt_cache import NameConflictError, NotFoundError, ValidationError
+
+logger = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    503: "unavailable",
+}
+_MAX_DETAILS = 10
+_MAX_MESSAGE_CHARS = 300
+
+
+class ApiError(Exception):
+    """An error answer; raise it anywhere below a route and the handler below writes the JSON body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        details: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+        self.details = list(details) if details else None
+
+
+class RequestTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "request_too_large", f"the request body is larger than {limit} bytes")
+
+
+def unavailable(code: str, message: str, retry_after_s: float) -> ApiError:
+    """503 with a Retry-After header (whole seconds, at least one)."""
+    seconds = max(1, int(retry_after_s + 0.999))
+    return ApiError(503, code, message, headers={"Retry-After": str(seconds)})
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    details: Sequence[dict[str, Any]] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = list(details)
+    return JSONResponse({"error": body}, status_code=status, headers=dict(headers or {}))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ValidationError, _prompt_cache_error)
+    app.add_exception_handler(NotFoundError, _prompt_cache_error)
+    # A genuine bug still answers in the API's format (Starlette logs the traceback and re-raises it).
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.headers, exc.details)
+
+
+async def _prompt_cache_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, NameConflictError):
+        return error_response(409, "name_conflict", str(exc)[:_MAX_MESSAGE_CHARS])
+    message = str(exc)
+    if len(message) > _MAX_MESSAGE_CHARS:  # messages may quote the client's input
+        message = message[:_MAX_MESSAGE_CHARS] + "…"
+    if isinstance(exc, NotFoundError):
+        return error_response(404, "vocab_not_found", message)
+    return error_response(422, "validation_error", message)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return error_response(400, "invalid_json", "the request body is not valid JSON")
+    # Only where and what: echoing `input` back could return megabytes of the client's own data.
+    details = [
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "message": str(error.get("msg", "")).removeprefix("Value error, ")[:200],
+        }
+        for error in errors[:_MAX_DETAILS]
+    ]
+    summary = "; ".join(f"{'.'.join(detail['loc'])}: {detail['message']}" for detail in details[:3])
+    return error_response(422, "validation_error", summary or "invalid request", details=details)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.url.path[:200]!r}; see /docs"
+    return error_response(exc.status_code, code, message, exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal server error; the incident was logged")

@@ -1,0 +1,66 @@
+"""Service configuration: LSMSEG_* environment variables (or `lsmseg-serve --flag` on the command line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The embedded default model, produced by training/ on the synthetic set.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "demo.safetensors"
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker. Unset model fields mean: the demo checkpoint if present, else `tiny`."""
+
+    model_config = SettingsConfigDict(env_prefix="LSMSEG_", extra="ignore")
+
+    # Model -------------------------------------------------------------------------------------------------
+    checkpoint: Path | None = Field(
+        None, description="LSMSeg .safetensors checkpoint (default: checkpoints/demo.safetensors if present)"
+    )
+    preset: str | None = Field(
+        None, description="build this model preset instead of loading a checkpoint (e.g. vit-b16-sam-l)"
+    )
+    clip_weights: str | None = Field(
+        None, description="open_clip weights for a preset: a local file or a tag in open_clip's cache"
+    )
+    sam_checkpoint: Path | None = Field(None, description="official segment-anything .pth (SAM-L presets)")
+    device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
+    sliding_window: bool = Field(False, description="CAT-Seg style sliding-window inference (slower)")
+
+    # Text cache --------------------------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="Redis for embeddings and vocabularies; unset: memory")
+    llm_url: str | None = Field(None, description="OpenAI-compatible endpoint that describes unknown classes")
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+
+    # Batching ----------------------------------------------------------------------------------------------
+    max_batch: int = Field(8, ge=1, le=256, description="images per model call")
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000, description="how long a batch waits to fill up")
+    queue_size: int = Field(64, ge=1, description="requests waiting for the model; beyond it: 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="longest wait for a result before a 503")
+
+    # Request limits ----------------------------------------------------------------------------------------
+    max_request_bytes: int = Field(20 * 2**20, ge=1024, description="request body size limit (413)")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width × height limit (413)")
+    max_classes: int = Field(1024, ge=1, le=4096, description="classes per request or vocabulary (422)")
+    # At most prompt_cache's own limit (200), which the prompt builder applies on its own.
+    max_class_name_length: int = Field(200, ge=1, le=200, description="characters per class name (422)")
+    top_k: int | None = Field(None, ge=1, description="default CFM top-k; unset = the model's own k")
+
+    # Server ------------------------------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(None, description="when set, requests need `Authorization: Bearer KEY`")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> Settings:
+        if self.checkpoint is not None and self.preset is not None:
+            raise ValueError("set LSMSEG_CHECKPOINT or LSMSEG_PRESET, not both")
+        if (self.llm_url is None) != (self.llm_model is None):
+            raise ValueError("LSMSEG_LLM_URL and LSMSEG_LLM_MODEL go together")
+        return self
