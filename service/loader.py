@@ -1,0 +1,116 @@
+"""Which model the worker runs, from the settings: a checkpoint, a preset with pretrained weights, or, when
+nothing is configured and the demo checkpoint is absent, the random `tiny` preset (with a loud warning)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from model import LSMSeg, build_model, load_checkpoint, read_metadata
+from model.config import PRESETS
+from service.settings import DEFAULT_CHECKPOINT, Settings
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_PRESET = "tiny"
+
+
+class ModelConfigError(ValueError):
+    """The settings name a model that cannot be loaded; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What to load, decided before anything heavy happens (so `lsmseg-serve` fails fast)."""
+
+    source: str  # checkpoint | preset | random-fallback
+    checkpoint: Path | None
+    preset: str | None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.source == "random-fallback"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Reported by /healthz and /readyz so nobody mistakes the random fallback for a real model."""
+
+    name: str
+    source: str
+    path: str | None
+    random_weights: bool
+    device: str
+    image_size: int
+    prompts_per_class: int
+    cfm_k: int
+    prompt_version: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def plan_model(settings: Settings) -> ModelPlan:
+    """Resolve the model source and check that its files exist; ModelConfigError otherwise."""
+    if settings.preset is not None:
+        if settings.preset not in PRESETS:
+            raise ModelConfigError(f"unknown LSMSEG_PRESET {settings.preset!r}; known: {sorted(PRESETS)}")
+        if settings.sam_checkpoint is not None and not settings.sam_checkpoint.is_file():
+            raise ModelConfigError(f"LSMSEG_SAM_CHECKPOINT {str(settings.sam_checkpoint)!r} does not exist")
+        return ModelPlan("preset", None, settings.preset)
+    checkpoint = settings.checkpoint
+    if checkpoint is None:
+        if not DEFAULT_CHECKPOINT.is_file():
+            return ModelPlan("random-fallback", None, FALLBACK_PRESET)
+        checkpoint = DEFAULT_CHECKPOINT
+    if not checkpoint.is_file():
+        raise ModelConfigError(
+            f"LSMSEG_CHECKPOINT {str(checkpoint)!r} does not exist; unset it to use the embedded default"
+        )
+    try:
+        read_metadata(checkpoint)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ModelConfigError(f"{checkpoint} is not a readable LSMSeg checkpoint: {exc}") from exc
+    return ModelPlan("checkpoint", checkpoint, None)
+
+
+def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
+    """Build or load the model on the configured device (WeightsNotFoundError names any missing file)."""
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if plan.random_weights:
+        logger.warning(
+            "\n%s\n!! NO MODEL CONFIGURED AND %s IS MISSING.\n!! Serving the %r preset with RANDOM weights:"
+            " its masks are meaningless.\n!! Set LSMSEG_CHECKPOINT (or LSMSEG_PRESET with weights) for a"
+            " real model.\n%s",
+            "!" * 100, DEFAULT_CHECKPOINT, plan.preset, "!" * 100,
+        )
+    if plan.checkpoint is not None:
+        model = load_checkpoint(plan.checkpoint, device, sam_checkpoint=settings.sam_checkpoint)
+        prompt_version = model.checkpoint_metadata.get("prompt_version") or None
+    else:
+        assert plan.preset is not None
+        # Seeded, so random weights are the same after every restart: equal text fingerprints keep the
+        # Redis embedding cache valid (and free of a new set of keys per restart).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = build_model(
+                plan.preset, clip_pretrained=settings.clip_weights, sam_checkpoint=settings.sam_checkpoint
+            )
+        model = model.to(device)
+        prompt_version = None
+    config = model.config
+    info = ModelInfo(
+        name=config.name,
+        source=plan.source,
+        path=str(plan.checkpoint) if plan.checkpoint is not None else None,
+        random_weights=plan.random_weights or (plan.preset is not None and settings.clip_weights is None),
+        device=device,
+        image_size=config.image_size,
+        prompts_per_class=config.prompts_per_class,
+        cfm_k=config.cfm_k,
+        prompt_version=prompt_version,
+    )
+    return model.eval(), info
