@@ -1,0 +1,40 @@
+"""`python -m service` / `lsmseg-serve`: one uvicorn worker (one model per process) with the settings.
+
+Every setting is an LSMSEG_* environment variable or a flag: `lsmseg-serve --port 9000 --redis-url ...`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from model import WeightsNotFoundError
+from service.app import create_app
+from service.loader import ModelConfigError
+from service.settings import Settings
+
+
+def main() -> int:
+    try:
+        settings = Settings(_cli_parse_args=True, _cli_prog_name="lsmseg-serve", _cli_kebab_case=True)
+    except ValidationError as exc:
+        print(f"lsmseg-serve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app = create_app(settings)
+    except (ModelConfigError, WeightsNotFoundError) as exc:
+        print(f"lsmseg-serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+    # One worker on purpose: the model lives in this process, and batching needs all requests in one place.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""create_app(settings) -> FastAPI: state, lifespan (model thread), middleware, error format, OpenAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from PIL import Image
+
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimitMiddleware
+from service.loader import plan_model
+from service.metrics import RequestMetricsMiddleware
+from service.routes import protected, router
+from service.schemas import SegmentForm, SegmentJsonRequest
+from service.settings import Settings
+from service.state import ServiceState
+
+API_VERSION = "1.0.0"
+_DESCRIPTION = """Open-vocabulary semantic segmentation (LSMSeg). Send an image and class names (or the id
+of a registered vocabulary); get back a label map whose value i means `classes[i]`, as a PNG and/or COCO RLE.
+Every error answers `{"error": {"code", "message"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. Raises ModelConfigError at once when the configured model files are missing;
+    the model itself loads on the model thread after start-up (see /readyz)."""
+    settings = settings or Settings()
+    state = ServiceState(settings, plan_model(settings))
+    # Pillow's own decompression-bomb guard, aligned with ours (ours runs first and answers 413).
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.start()
+        try:
+            yield
+        finally:
+            state.stop()
+
+    app = FastAPI(
+        title="LSMSeg segmentation service",
+        version=API_VERSION,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)  # outermost: times everything
+    app.include_router(router)
+    app.include_router(protected)
+    _document_segment_bodies(app)
+    return app
+
+
+def _document_segment_bodies(app: FastAPI) -> None:
+    """POST /segment parses its two body types by hand; put their schemas into the OpenAPI components."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (SegmentForm, SegmentJsonRequest):
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
