@@ -39,6 +39,8 @@ class LRU(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get_many(self, keys: Sequence[K]) -> list[V | None]:
+        if self.capacity <= 0:
+            return [None] * len(keys)
         with self._lock:
             found = [self._items.get(key) for key in keys]
             for key, value in zip(keys, found, strict=True):
@@ -47,6 +49,8 @@ class LRU(Generic[K, V]):
             return found
 
     def put_many(self, items: Iterable[tuple[K, V]]) -> None:
+        if self.capacity <= 0:
+            return
         with self._lock:
             for key, value in items:
                 self._items[key] = value
