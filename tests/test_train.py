@@ -1,0 +1,141 @@
+"""The training loop on the `tiny` preset and synthetic scenes: it learns, checkpoints, resumes exactly, and
+runs under torchrun DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import Segmenter, load_checkpoint, read_metadata
+from training.datasets import SyntheticScenes
+from training.loss import class_presence, segmentation_loss
+from training.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(output: Path, **changes) -> TrainConfig:
+    values = dict(
+        preset="tiny",
+        clip_pretrained=None,
+        iterations=20,
+        batch_size=2,
+        lr=2e-3,
+        grad_clip=1.0,
+        num_workers=0,
+        log_every=1,
+        checkpoint_every=10,
+        output_dir=str(output),
+        device="cpu",
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def scenes(count: int = 4) -> SyntheticScenes:
+    return SyntheticScenes("train", num_images=count, image_size=64, seed=3)
+
+
+def losses(output: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (output / "log.jsonl").read_text().splitlines()]
+
+
+def test_loss_ignores_ignored_pixels_and_padded_classes() -> None:
+    labels = torch.tensor([[[0, 1], [-1, 1]]])
+    indices = torch.tensor([[0, 1, -1]])
+    mask = torch.tensor([[True, True, False]])
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 2] = float("-inf")
+    # Every counted (pixel, class) pair has logit 0: loss log(2), padded class and ignored pixel excluded.
+    assert segmentation_loss(logits, indices, mask, labels).item() == pytest.approx(np.log(2))
+    logits[0, 0, 0, 0] = 20.0  # confident and right
+    logits[0, 1, 0, 0] = -20.0
+    assert segmentation_loss(logits, indices, mask, labels).item() == pytest.approx(
+        np.log(2) * 4 / 6, rel=1e-4
+    )
+    logits[0, :, 1, 0] = 1000.0  # anything on the ignored pixel changes nothing
+    assert segmentation_loss(logits, indices, mask, labels).item() == pytest.approx(
+        np.log(2) * 4 / 6, rel=1e-4
+    )
+    assert class_presence(labels, 3).tolist() == [[True, True, False]]
+
+
+def test_config_from_yaml_with_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("preset: tiny\niterations: 50\nlr: 0.001\n")
+    config = TrainConfig.load(path, ["iterations=7", "clip_pretrained=null", "output_dir=/tmp/x"])
+    assert (config.preset, config.iterations, config.lr, config.clip_pretrained) == ("tiny", 7, 0.001, None)
+    assert (
+        TrainConfig().lr == 2e-4 and TrainConfig().weight_decay == 1e-4 and TrainConfig().iterations == 80_000
+    )
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.load(None, ["learning_rate=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        TrainConfig.load(None, ["iterations"])
+
+
+def test_short_training_lowers_the_loss_and_writes_a_servable_checkpoint(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    trainer = Trainer(tiny_config(tmp_path), dataset=scenes())
+    final = trainer.fit()
+    history = losses(tmp_path)
+    assert len(history) == 20
+    assert np.mean(history[-5:]) < 0.8 * np.mean(history[:5])
+    assert final == tmp_path / "final.safetensors"
+    assert (tmp_path / "checkpoint_0000010.safetensors").is_file()
+    metadata = read_metadata(final)
+    assert metadata["extra"]["iteration"] == 20 and metadata["extra"]["classes"] == len(scenes().classes)
+    model = load_checkpoint(final)
+    trained = trainer.model.state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+    sample = scenes()[0]
+    text = model.encode_text(trainer.prompts)
+    result = Segmenter(model, device="cpu").segment([sample.image], text).results[0]
+    assert result.label_map.shape == sample.label.shape
+    assert set(np.unique(result.label_map)) <= set(range(len(trainer.prompts)))
+
+
+def test_resume_continues_with_the_identical_next_step(tmp_path: Path) -> None:
+    straight = Trainer(tiny_config(tmp_path / "straight", iterations=4), dataset=scenes())
+    straight.fit()
+    expected = losses(tmp_path / "straight")
+
+    interrupted = Trainer(tiny_config(tmp_path / "resumed", iterations=4), dataset=scenes())
+    batches = interrupted._batches()
+    first = [interrupted.train_iteration(batches) for _ in range(2)]
+    interrupted.save_state()
+    assert first == pytest.approx(expected[:2], abs=0)
+
+    resumed = Trainer(tiny_config(tmp_path / "resumed", iterations=4), dataset=scenes())
+    assert resumed.resume()
+    assert resumed.iteration == 2
+    resumed.fit()
+    assert losses(tmp_path / "resumed")[-2:] == expected[2:]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_ddp_two_processes_on_cpu_keep_identical_weights(tmp_path: Path) -> None:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(tmp_path),
+    ]
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    assert len(losses(tmp_path)) == 3
+    assert (tmp_path / "final.safetensors").is_file()
