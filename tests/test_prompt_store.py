@@ -88,6 +88,12 @@ def test_each_tier_is_used_and_counted(redis_url: str, encoder: CountingEncoder)
     assert len(encoder.calls) == 1
     assert torch.allclose(from_redis, cold, atol=1e-3)
 
+    # Without a memory tier every lookup is served by Redis.
+    redis_only = EmbeddingStore(redis_url, encoder.fingerprint, PROMPT_VERSION, memory_items=0)
+    redis_only.get(prompts, encoder)
+    assert torch.equal(redis_only.get(prompts, encoder), from_redis)
+    assert redis_only.counts() == {("memory", "miss"): 8, ("redis", "hit"): 8}
+
 
 def test_float16_values_round_trip_through_redis(redis_url: str, encoder: CountingEncoder) -> None:
     prompts = prompts_for(NAMES)
