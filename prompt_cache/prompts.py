@@ -4,7 +4,8 @@ Where a class's sentences come from, first match wins:
   user      descriptions passed to build() (POST /vocab may carry them), in the order given
   bank      authored descriptions shipped in the package (ATTRIBUTES order: combined, size, shape, ...)
   llm       sentences an LLM wrote earlier (cached in the EmbeddingStore) or writes now, in ATTRIBUTES order
-  template  TEMPLATES below, when nothing else has the class or the LLM failed
+  template  TEMPLATES below (with the full class name, synonyms included), when nothing else has the
+            class or the LLM failed or ran out of time
 How P prompts are picked (deterministic): the source's sentences, followed by TEMPLATES, form one list; the
 first P entries are taken, and if P is longer than that list it is repeated from its start. So P = 1 uses the
 combined sentence, P = 5 the five attribute sentences, and P = 7 adds the first two templates.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +75,7 @@ class PromptBuilder:
         *,
         store: EmbeddingStore | None = None,
         llm_workers: int = 4,
+        llm_budget_s: float | None = None,
         max_classes: int = MAX_CLASSES,
     ) -> None:
         if prompts_per_class < 1:
@@ -87,6 +90,7 @@ class PromptBuilder:
         self.prompts_per_class = prompts_per_class
         self.store = store
         self.llm_workers = llm_workers
+        self.llm_budget_s = llm_budget_s  # per build(): classes not asked by then get templates
         self.max_classes = max_classes
 
     def build(
@@ -131,10 +135,13 @@ class PromptBuilder:
     def _ask_llm(self, llm: LLMClient, names: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
         """Ask the LLM in parallel; after a failure other than a bad answer, stop asking for this request."""
         give_up = threading.Event()
+        deadline = None if self.llm_budget_s is None else time.monotonic() + self.llm_budget_s
 
         def ask(name: str) -> tuple[str, list[str] | None, str | None]:
             if give_up.is_set():
                 return name, None, "not asked: the LLM failed earlier in this request"
+            if deadline is not None and time.monotonic() > deadline:
+                return name, None, f"not asked: the LLM time budget of {self.llm_budget_s} s was used up"
             try:
                 return name, llm.describe(name), None
             except LLMAnswerError as exc:

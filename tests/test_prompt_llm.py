@@ -21,6 +21,7 @@ from prompt_cache import (
     LLMUnavailableError,
     PromptBuilder,
     description_key,
+    token_count,
 )
 
 
@@ -166,3 +167,18 @@ def test_llm_descriptions_are_cached_in_redis_and_asked_once(fake_llm: FakeLLM, 
     assert second.prompts == first.prompts
     assert second.sources == ["llm", "llm", "llm"]
     assert len(fake_llm.requests) == 3
+
+
+def test_a_time_budget_bounds_how_long_a_build_waits_for_the_llm(fake_llm: FakeLLM) -> None:
+    fake_llm.script.extend([Reply(body=chat_body(good_content("alpha")), delay_s=0.4)] * 2)
+    names = ["alpha", "beta", "gamma", "delta"]
+    builder = PromptBuilder(Bank(), client(fake_llm), llm_workers=1, llm_budget_s=0.6)
+    token_count("load the tokenizer before the clock starts")
+    started = time.perf_counter()
+    result = builder.build(names)
+    assert time.perf_counter() - started < 1.5
+    assert result.sources == ["llm", "llm", "template", "template"]
+    assert result.llm_failures == {
+        name: "not asked: the LLM time budget of 0.6 s was used up" for name in ("gamma", "delta")
+    }
+    assert len(fake_llm.requests) == 2
