@@ -133,8 +133,7 @@ class VocabRegistry:
                 vocab = Vocabulary(vocab_id, name, tuple(normalised), self.prompt_version, created, cleaned)
             if name is not None:
                 self._claim_name(name, vocab_id)
-            self._store(vocab)
-            return vocab
+            return self._store(vocab, new=existing is None)
 
     def get(self, id_or_name: str) -> Vocabulary:
         """A vocabulary by id or name; NotFoundError when neither is known."""
@@ -238,13 +237,18 @@ class VocabRegistry:
                 f"which has a different class list"
             )
 
-    def _store(self, vocab: Vocabulary) -> None:
+    def _store(self, vocab: Vocabulary, *, new: bool) -> Vocabulary:
+        """Write `vocab`; a new one with NX, so of two processes registering it at once the first wins."""
+        record = vocab.to_json()
         try:
-            self.link.run(lambda client: client.set(vocab_key(vocab.vocab_id), vocab.to_json()))
+            written = self.link.run(lambda client: client.set(vocab_key(vocab.vocab_id), record, nx=new))
         except RedisUnavailable:
             if self.link.enabled:
                 self._backlog[vocab.vocab_id] = (vocab, False)
-        self._remember(vocab)
+            return self._remember(vocab)
+        if not written:
+            return self._find(vocab.vocab_id) or self._remember(vocab)
+        return self._remember(vocab)
 
     def _remember(self, vocab: Vocabulary) -> Vocabulary:
         self._local[vocab.vocab_id] = vocab

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -157,3 +158,12 @@ def test_registrations_during_an_outage_reach_redis_afterwards(private_redis) ->
     other = VocabRegistry(private_redis.url)
     assert other.get("beach") == during
     assert other.get(during.vocab_id) == during
+
+
+def test_of_two_processes_registering_at_once_the_first_record_wins(redis_url: str) -> None:
+    first, second = VocabRegistry(redis_url), VocabRegistry(redis_url)
+    # Both looked the id up before either wrote it; the second write must not replace the first.
+    original = first.register(["rain", "snow"])
+    second_view = second._store(dataclasses.replace(original, created=original.created + 5), new=True)
+    assert second_view == original
+    assert VocabRegistry(redis_url).get(original.vocab_id).created == original.created
