@@ -99,7 +99,8 @@ def _generate(args: argparse.Namespace) -> int:
     classes = bank.vocabulary(args.vocab)
     out = Path(args.out) if args.out else Path(str(bank.description_path(args.vocab)))
     described = _read_descriptions(out)
-    todo = [name for name in classes if name not in described]
+    # Skip what this file or any bank file already describes: the bank merges all of them.
+    todo = [name for name in classes if name not in described and name not in bank]
     if args.limit is not None:
         todo = todo[: args.limit]
     if not todo:
@@ -108,6 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
     llm = _llm_from(args)
     failed: dict[str, str] = {}
     fatal: LLMError | None = None
+    new = 0
     with llm, ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
         queue = iter(todo)
         running: dict[Future, str] = {}
@@ -133,8 +135,12 @@ def _generate(args: argparse.Namespace) -> int:
                         fatal = fatal or exc  # stop submitting; let the requests in flight finish
                         continue
                     _write_descriptions(out, described, classes)
-    total = sum(name in described for name in classes)
-    print(f"{out}: {total} of {len(classes)} classes of {args.vocab} described; {len(failed)} rejected")
+                    new += 1
+    covered = sum(name in described or name in bank for name in classes)
+    print(
+        f"{out}: {new} new, {len(failed)} rejected; {covered} of {len(classes)} classes of {args.vocab} "
+        f"described (bank included)"
+    )
     for name, reason in list(failed.items())[:10]:
         print(f"  rejected {name!r}: {reason}", file=sys.stderr)
     if fatal is not None:
