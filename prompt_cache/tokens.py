@@ -15,6 +15,7 @@ def _tokenizer():
     return open_clip.get_tokenizer("ViT-B-16")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # bank sentences and templates recur in every build
 def token_count(text: str) -> int:
     """CLIP tokens of `text`, counting the start and end markers, i.e. the slots it takes of the 77."""
     return len(_tokenizer().encode(text)) + 2
