@@ -8,12 +8,8 @@ from __future__ import annotations
 import logging
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
-from model import WeightsNotFoundError
-from service.app import create_app
-from service.loader import ModelConfigError
 from service.settings import Settings
 
 
@@ -26,6 +22,13 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Imported only now: torch takes seconds to import, and a typo in a setting should not wait for it.
+    import uvicorn
+
+    from model import WeightsNotFoundError
+    from service.app import create_app
+    from service.loader import ModelConfigError
+
     try:
         app = create_app(settings)
     except (ModelConfigError, WeightsNotFoundError) as exc:

@@ -60,6 +60,10 @@ def plan_model(settings: Settings) -> ModelPlan:
             raise ModelConfigError(f"unknown LSMSEG_PRESET {settings.preset!r}; known: {sorted(PRESETS)}")
         if settings.sam_checkpoint is not None and not settings.sam_checkpoint.is_file():
             raise ModelConfigError(f"LSMSEG_SAM_CHECKPOINT {str(settings.sam_checkpoint)!r} does not exist")
+        clip = settings.clip_weights
+        # A tag such as "openai" is looked up in open_clip's cache while loading; a path must exist now.
+        if clip is not None and ("/" in clip or Path(clip).suffix) and not Path(clip).is_file():
+            raise ModelConfigError(f"LSMSEG_CLIP_WEIGHTS {clip!r} does not exist")
         return ModelPlan("preset", None, settings.preset)
     checkpoint = settings.checkpoint
     if checkpoint is None:
@@ -72,7 +76,7 @@ def plan_model(settings: Settings) -> ModelPlan:
         )
     try:
         read_metadata(checkpoint)
-    except (ValueError, OSError, KeyError) as exc:
+    except Exception as exc:  # safetensors, JSON and key errors alike mean "not a checkpoint"
         raise ModelConfigError(f"{checkpoint} is not a readable LSMSeg checkpoint: {exc}") from exc
     return ModelPlan("checkpoint", checkpoint, None)
 

@@ -274,7 +274,7 @@ async def list_vocabs(request: Request) -> VocabList:
 
 @protected.get(
     "/vocab/{id_or_name}", response_model=VocabOut, summary="One vocabulary by id or name",
-    responses=_error_responses(404, 503),
+    responses=_error_responses(404, 422, 503),
 )
 async def get_vocab(request: Request, id_or_name: str) -> VocabOut:
     state = get_state(request)
@@ -284,7 +284,7 @@ async def get_vocab(request: Request, id_or_name: str) -> VocabOut:
 
 @protected.delete(
     "/vocab/{id_or_name}", status_code=204, summary="Forget a vocabulary (cached embeddings stay)",
-    responses=_error_responses(404, 409),
+    responses=_error_responses(404, 409, 422),
 )
 async def delete_vocab(request: Request, id_or_name: str) -> Response:
     await run_in_threadpool(get_state(request).vocabularies.delete, id_or_name)
