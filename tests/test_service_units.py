@@ -1,0 +1,187 @@
+"""In-process checks of the service's pure parts: mask encodings, image decoding, Accept, the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as coco_mask
+
+from service.batcher import Batcher
+from service.client import read_label_png
+from service.errors import ApiError
+from service.images import decode_base64_image, decode_image
+from service.masks import class_rle, label_png, overlay_png, palette
+from service.metrics import Metrics
+from service.routes import _prefers_png
+from service.settings import Settings
+
+
+@pytest.mark.parametrize(("num_classes", "mode"), [(2, "P"), (256, "P"), (257, "I;16"), (4096, "I;16")])
+def test_label_png_round_trips_at_8_and_16_bits(num_classes, mode):
+    rng = np.random.default_rng(0)
+    label_map = rng.integers(0, num_classes, size=(37, 53)).astype(np.int32)
+    label_map[0, 0] = num_classes - 1
+    png = label_png(label_map, num_classes)
+    assert Image.open(io.BytesIO(png)).mode == mode
+    np.testing.assert_array_equal(read_label_png(png), label_map)
+
+
+def test_rle_is_pycocotools_column_major_encoding():
+    label_map = np.zeros((5, 7), dtype=np.int32)
+    label_map[1:3, 2:6] = 1
+    rle = class_rle(label_map, 1)
+    assert rle["size"] == [5, 7] and isinstance(rle["counts"], str)
+    decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    np.testing.assert_array_equal(decoded, (label_map == 1).astype(np.uint8))
+    # Same string as pycocotools' own encoding of the column-major (Fortran-ordered) mask.
+    reference = coco_mask.encode(np.asfortranarray((label_map == 1).astype(np.uint8)))
+    assert rle["counts"] == reference["counts"].decode()
+
+
+def test_palette_is_fixed_and_overlay_keeps_the_size():
+    np.testing.assert_array_equal(palette(300)[:256], palette(256))
+    assert len({tuple(colour) for colour in palette(32)}) == 32
+    rgb = np.full((20, 30, 3), 200, dtype=np.uint8)
+    overlay = Image.open(io.BytesIO(overlay_png(rgb, np.ones((20, 30), dtype=np.int32))))
+    assert overlay.size == (30, 20) and overlay.mode == "RGB"
+
+
+def _encode(image: Image.Image, image_format: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def test_decode_checks_size_before_pixels():
+    started = time.perf_counter()
+    with pytest.raises(ApiError) as error:
+        decode_image(_encode(Image.new("L", (6000, 5000)), "PNG"), max_pixels=10_000_000)
+    assert error.value.status == 413 and "6000×5000" in error.value.message
+    assert time.perf_counter() - started < 1.0
+
+
+def test_decode_converts_modes_and_applies_exif():
+    gray = decode_image(_encode(Image.new("L", (8, 4), 9), "PNG"), max_pixels=100)
+    assert gray.rgb.shape == (4, 8, 3) and gray.format == "PNG"
+    rotated = Image.new("RGB", (8, 4))
+    exif = rotated.getexif()
+    exif[0x0112] = 8  # rotate 90° counter-clockwise to display
+    decoded = decode_image(_encode(rotated, "JPEG", exif=exif.tobytes()), max_pixels=100)
+    assert (decoded.width, decoded.height) == (4, 8)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [("http://x/y.png", "image_url_not_supported"), ("ab$c", "invalid_base64"), ("abc", "invalid_base64")],
+)
+def test_base64_errors(text, code):
+    with pytest.raises(ApiError) as error:
+        decode_base64_image(text)
+    assert error.value.status == 400 and error.value.code == code
+
+
+def test_base64_accepts_data_urls_and_line_breaks():
+    assert decode_base64_image("data:image/png;base64,aGVs\nbG8=") == b"hello"
+
+
+@pytest.mark.parametrize(
+    ("accept", "png"),
+    [
+        (None, False),
+        ("*/*", False),
+        ("image/png", True),
+        ("image/png, application/json", False),
+        ("application/json;q=0.5, image/png", True),
+        ("image/*", True),
+        ("image/png;q=0.1, */*;q=0.2", False),
+        ("image/png;q=bad", False),
+    ],
+)
+def test_accept_negotiation(accept, png):
+    assert _prefers_png(accept) is png
+
+
+def test_settings_reject_two_model_sources(monkeypatch):
+    monkeypatch.setenv("LSMSEG_CHECKPOINT", "a.safetensors")
+    monkeypatch.setenv("LSMSEG_PRESET", "tiny")
+    with pytest.raises(ValueError, match="not both"):
+        Settings()
+
+
+# Batcher ----------------------------------------------------------------------------------------------------
+def _started_batcher(**options: object) -> tuple[Batcher, list[list[int]]]:
+    seen: list[list[int]] = []
+
+    def startup():
+        def run(payloads):
+            seen.append(list(payloads))
+            return [payload * 10 for payload in payloads]
+
+        return run
+
+    batcher = Batcher(metrics=Metrics(), **options)  # type: ignore[arg-type]
+    batcher.start(startup)
+    deadline = time.monotonic() + 5
+    while batcher.state != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return batcher, seen
+
+
+def test_batcher_fills_batches_refuses_overflow_and_skips_cancelled_jobs():
+    batcher, seen = _started_batcher(max_batch=3, max_wait_s=0.3, queue_size=3)
+
+    async def scenario() -> list[int]:
+        jobs = [batcher.submit(index) for index in range(3)]
+        with pytest.raises(ApiError) as full:
+            batcher.submit(99)
+        assert full.value.status == 503 and full.value.code == "queue_full"
+        assert int(full.value.headers["Retry-After"]) >= 1
+        batcher.cancel(jobs[1])
+        return [await jobs[0].future, await jobs[2].future]
+
+    try:
+        assert asyncio.run(scenario()) == [0, 20]
+        assert seen == [[0, 2]]  # one batch, without the cancelled job
+    finally:
+        batcher.stop()
+
+
+def test_batcher_waits_at_most_max_wait_for_a_full_batch():
+    batcher, seen = _started_batcher(max_batch=8, max_wait_s=0.05, queue_size=8)
+
+    async def scenario() -> float:
+        started = time.perf_counter()
+        await batcher.submit(1).future
+        return time.perf_counter() - started
+
+    try:
+        assert asyncio.run(scenario()) < 1.0
+        assert seen == [[1]]
+    finally:
+        batcher.stop()
+
+
+def test_batcher_reports_start_up_failure():
+    def startup():
+        raise FileNotFoundError("weights.pth is missing")
+
+    batcher: Batcher = Batcher(max_batch=1, max_wait_s=0, queue_size=1, metrics=Metrics())
+    batcher.start(startup)
+    deadline = time.monotonic() + 5
+    while batcher.state == "loading":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert batcher.state == "failed" and "weights.pth" in (batcher.error or "")
+
+    async def submit() -> None:
+        batcher.submit(1)
+
+    with pytest.raises(ApiError) as error:
+        asyncio.run(submit())
+    assert error.value.status == 503 and error.value.code == "model_failed"
