@@ -24,6 +24,7 @@ from prompt_cache.keys import description_key, embedding_key
 from prompt_cache.names import normalise_name
 from prompt_cache.redis_link import RedisLink
 
+KEY_CACHE_ITEMS = 1 << 16
 EncodeFn = Callable[[list[list[str]]], torch.Tensor]
 CountListener = Callable[[str, str, int], None]
 K = TypeVar("K")
@@ -91,7 +92,9 @@ class EmbeddingStore:
         self.on_count = on_count
         self._embeddings: LRU[str, torch.Tensor] = LRU(memory_items)
         self._descriptions: LRU[str, list[str]] = LRU(memory_items)
-        self._keys: LRU[tuple[str, ...], str] = LRU(memory_items)  # prompt tuple -> Redis key
+        # prompt tuple -> Redis key. Its own, larger bound: ~200 bytes an entry, and it spares a store
+        # whose embeddings live only in Redis (small memory_items) the hashing on every lookup.
+        self._keys: LRU[tuple[str, ...], str] = LRU(max(memory_items, KEY_CACHE_ITEMS))
         self._counts: Counter[tuple[str, str]] = Counter()
         # Writes Redis could not take (key -> (value, ttl)), retried when it answers again; at most
         # memory_items of them.
