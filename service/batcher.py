@@ -2,6 +2,8 @@
 
 Requests wait in a bounded queue. The model thread takes the oldest one and waits until `max_batch`
 requests are there or `max_wait_s` has passed since that oldest one arrived, then runs them as one batch.
+It waits only while more requests are on their way (being read and decoded, see `arriving`): a lone
+request never pays `max_wait_s`, and under load batches still fill up.
 The model is touched by this thread only (it loads it too), so nothing else needs a lock around it.
 A full queue or a model that is not ready is refused at once (503 + Retry-After); a request whose client
 went away is taken out of the queue and never reaches the model.
@@ -15,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -58,10 +60,23 @@ class Batcher(Generic[P, R]):
         self._queue: deque[Job[P, R]] = deque()
         self._condition = threading.Condition()
         self._stopping = False
+        self._arriving = 0  # requests being prepared that will be submitted soon
         self._thread: threading.Thread | None = None
         self._batch_seconds = 0.0  # moving average, for Retry-After estimates
 
     # Event-loop side -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Wrap a request's preparation up to submit(): a forming batch may wait for it."""
+        with self._condition:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._arriving -= 1
+                self._condition.notify_all()
+
     def submit(self, payload: P) -> Job[P, R]:
         """Queue one request; ApiError 503 when the model is not ready or the queue is full."""
         if self.state != "ready":
@@ -140,14 +155,15 @@ class Batcher(Generic[P, R]):
                 self._run(run_batch, batch)
 
     def _next_batch(self) -> list[Job[P, R]] | None:
-        """Up to max_batch live jobs, once the batch is full or the oldest job has waited max_wait_s."""
+        """Up to max_batch live jobs, once the batch is full, nothing more is arriving, or the oldest job
+        has waited max_wait_s."""
         with self._condition:
             while not self._queue and not self._stopping:
                 self._condition.wait()
             if self._stopping:
                 return None
             deadline = self._queue[0].enqueued + self.max_wait_s
-            while len(self._queue) < self.max_batch and not self._stopping:
+            while len(self._queue) < self.max_batch and self._arriving and not self._stopping:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0 or not self._queue:
                     break

@@ -96,15 +96,14 @@ async def segment(request: Request) -> Any:
     started = time.perf_counter()
     if state.batcher.state != "ready":
         raise state.batcher.not_ready_error()
-    image_bytes, options = await read_segment_request(request)
     timings: dict[str, float] = {}
-    decoded = await _timed(timings, "decode", decode_image, image_bytes, state.settings.max_image_pixels)
-    vocab = await _timed(timings, "text", _resolve_vocab, state, options)
-    state.metrics.vocab_classes.observe(len(vocab.classes))
-    top_k = options.top_k or state.settings.top_k
-    job = state.batcher.submit(
-        SegmentJob(decoded.rgb, vocab.vocab_id, vocab.prompts.prompts, top_k)
-    )
+    with state.batcher.arriving():
+        image_bytes, options = await read_segment_request(request)
+        decoded = await _timed(timings, "decode", decode_image, image_bytes, state.settings.max_image_pixels)
+        vocab = await _timed(timings, "text", _resolve_vocab, state, options)
+        state.metrics.vocab_classes.observe(len(vocab.classes))
+        top_k = options.top_k or state.settings.top_k
+        job = state.batcher.submit(SegmentJob(decoded.rgb, vocab.vocab_id, vocab.prompts.prompts, top_k))
     output = await _wait(state, job, request)
     if output is None:  # the client hung up: nobody is listening
         return Response(status_code=499)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import httpx
@@ -123,15 +124,27 @@ def test_a_client_that_disconnects_never_reaches_the_model(server):
     time.sleep(1)  # let earlier tests' work drain
     images_before = _metric(server, "lsmseg_batch_size_sum")
     gone_before = _metric(server, "lsmseg_request_duration_seconds_count", route="/segment", status="499")
-    # A lone request waits MAX_WAIT_MS in the queue for company; the client gives up well before that.
-    client = LSMSegClient(server.url, api_key=API_KEY, timeout=0.15)
+    # Occupy the model thread: a few hundred never-seen class names take it seconds to encode.
+    unseen = [f"blocker {uuid.uuid4().hex} {index}" for index in range(200)]
+
+    def block() -> None:
+        with server.client(api_key=API_KEY) as client:
+            client.segment(image_bytes(), classes=unseen)
+
+    blocker = threading.Thread(target=block)
+    blocker.start()
+    deadline = time.monotonic() + 30
+    while _metric(server, "lsmseg_batch_size_sum") < images_before + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # This request queues behind the blocker, and its client gives up long before the model is free.
+    client = LSMSegClient(server.url, api_key=API_KEY, timeout=0.3)
     with pytest.raises(httpx.TimeoutException):
         client.segment(image_bytes(), classes=["cat", "dog"])
     client.close()
-    time.sleep(MAX_WAIT_MS / 1000 + 1)
-    assert _metric(server, "lsmseg_batch_size_sum") == images_before
-    assert (
-        _metric(server, "lsmseg_request_duration_seconds_count", route="/segment", status="499")
-        == gone_before + 1
-    )
+    blocker.join(timeout=60)
+    time.sleep(0.5)
+    assert _metric(server, "lsmseg_batch_size_sum") == images_before + 1  # only the blocker ran
+    status_499 = _metric(server, "lsmseg_request_duration_seconds_count", route="/segment", status="499")
+    assert status_499 == gone_before + 1
     assert _metric(server, "lsmseg_queue_depth") == 0

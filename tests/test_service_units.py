@@ -152,8 +152,8 @@ def test_batcher_fills_batches_refuses_overflow_and_skips_cancelled_jobs():
         batcher.stop()
 
 
-def test_batcher_waits_at_most_max_wait_for_a_full_batch():
-    batcher, seen = _started_batcher(max_batch=8, max_wait_s=0.05, queue_size=8)
+def test_a_lone_request_does_not_wait_for_company():
+    batcher, seen = _started_batcher(max_batch=8, max_wait_s=5.0, queue_size=8)
 
     async def scenario() -> float:
         started = time.perf_counter()
@@ -163,6 +163,23 @@ def test_batcher_waits_at_most_max_wait_for_a_full_batch():
     try:
         assert asyncio.run(scenario()) < 1.0
         assert seen == [[1]]
+    finally:
+        batcher.stop()
+
+
+def test_a_forming_batch_waits_for_requests_still_arriving():
+    batcher, seen = _started_batcher(max_batch=8, max_wait_s=5.0, queue_size=8)
+
+    async def scenario() -> list[int]:
+        with batcher.arriving():  # a second request is still being decoded
+            first = batcher.submit(1)
+            await asyncio.sleep(0.2)
+            second = batcher.submit(2)
+        return [await first.future, await second.future]
+
+    try:
+        assert asyncio.run(scenario()) == [10, 20]
+        assert seen == [[1, 2]]
     finally:
         batcher.stop()
 
