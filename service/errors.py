@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from prompt_cache import NameConflictError, NotFoundError, ValidationError
 
@@ -27,6 +28,7 @@ _STATUS_CODES = {
     422: "validation_error",
     503: "unavailable",
 }
+CLIENT_CLOSED_REQUEST = 499
 _MAX_DETAILS = 10
 _MAX_MESSAGE_CHARS = 300
 
@@ -81,6 +83,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValidationError, _prompt_cache_error)
     app.add_exception_handler(NotFoundError, _prompt_cache_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     # A genuine bug still answers in the API's format (Starlette logs the traceback and re-raises it).
     app.add_exception_handler(Exception, _unexpected_error)
 
@@ -125,6 +128,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route {request.url.path[:200]!r}; see /docs"
     return error_response(exc.status_code, code, message, exc.headers)
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    # The client left while sending its body: nobody reads this; 499 (nginx's code) keeps metrics honest.
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

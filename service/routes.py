@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prompt_cache import Vocabulary
 from service.batcher import Job
 from service.engine import SegmentJob, SegmentOutput
-from service.errors import ApiError
+from service.errors import CLIENT_CLOSED_REQUEST, ApiError
 from service.images import DecodedImage, decode_image
 from service.masks import class_rle, label_png, overlay_png
 from service.parsing import read_segment_request
@@ -106,7 +106,7 @@ async def segment(request: Request) -> Any:
         job = state.batcher.submit(SegmentJob(decoded.rgb, vocab.vocab_id, vocab.prompts.prompts, top_k))
     output = await _wait(state, job, request)
     if output is None:  # the client hung up: nobody is listening
-        return Response(status_code=499)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     timings["queue"] = job.queue_seconds
     for stage, seconds in output.timings.items():
         timings[stage] = timings.get(stage, 0.0) + seconds
