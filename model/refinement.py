@@ -78,11 +78,17 @@ class SpatialBlock(nn.Module):
         y, g = _to_windows(y, window), _to_windows(g, window)
         query = self._heads(self.query(y) + self.query_guidance(g))
         key = self._heads(self.key(y) + self.key_guidance(g))
-        value = self._heads(self.value(y))
+        value = self._heads(self.value(y))  # B×K×nW×heads×L×d
+        lead = value.shape[:-2]
+        # Attention as 4-D (B·K)×(nW·heads)×L×d: the layout every SDPA kernel and the ONNX exporter take.
+        query, key, value = (z.flatten(0, 1).flatten(1, 2) for z in (query, key, value))
         mask = None
         if shift:
             mask = _shift_mask(height + pad_h, width + pad_w, window, shift, x.device)
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+            mask = mask.expand(-1, self.num_heads, -1, -1).flatten(0, 1)[None]
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask).view(
+            *lead, -1, query.shape[-1]
+        )
         attended = self.out(attended.transpose(-3, -2).flatten(-2))
         attended = _from_windows(attended, window, height + pad_h, width + pad_w)
         if shift:

@@ -112,3 +112,11 @@ def tiny_text(tiny_model):
 
     with torch.no_grad():
         return tiny_model.encode_text([[f"a photo of thing {i}", f"thing number {i}"] for i in range(12)])
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory):
+    """The tiny model exported to ONNX once per session (the export takes tens of seconds)."""
+    from model.onnx import export_onnx
+
+    return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")

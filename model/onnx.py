@@ -1,0 +1,122 @@
+"""ONNX export of the image-side graph + CFM + refinement head, and an onnxruntime Segmenter.
+
+The exported graph takes images (B×3×S×S in [0, 1]) and one vocabulary's text embeddings (C×P×D) — batch and
+class count are dynamic — and returns the kept classes' logits (B×k'×S×S) with their indices (B×k'), k' =
+min(k, C). Text encoding stays in torch (it runs once per vocabulary and is cached).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.cfm import Selection, cost_volume
+from model.lsmseg import LSMSeg, TextInput, per_sample
+from model.segmenter import Segmenter
+
+logger = logging.getLogger(__name__)
+
+ONNX_STAGE = "onnx"  # the graph runs as one unit, so its time is one stage
+
+
+class ExportableLSMSeg(nn.Module):
+    """LSMSeg with the CFM written for one vocabulary shared by the batch (no Python loop over samples)."""
+
+    def __init__(self, model: LSMSeg, k: int) -> None:
+        super().__init__()
+        self.model = model
+        self.k = k
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        features = model.clip_features(images)
+        guidance = model.fuse(features, model.sam_features(images))
+        scores = cost_volume(features.dense, text).flatten(2).amax(dim=2)  # B×C
+        kept = torch.sym_min(self.k, text.shape[0])
+        indices = scores.topk(kept, dim=1).indices.sort(dim=1).values
+        selected = F.normalize(text, dim=-1)[indices]  # B×k'×P×D
+        mask = torch.ones(indices.shape, dtype=torch.bool, device=indices.device)
+        selection = Selection(indices=indices, text=selected, mask=mask)
+        logits = model.refine(features.dense, guidance, selection, (images.shape[-2], images.shape[-1]))
+        return logits, indices
+
+
+def export_onnx(model: LSMSeg, path: str | Path, k: int | None = None, opset: int = 18) -> Path:
+    """Write the graph (weights in `<path>.data` next to it when large). Batch and class count are dynamic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    k = k or config.cfm_k
+    wrapper = ExportableLSMSeg(model.eval(), k).eval()
+    # Sample sizes above 1 and above k, so the exporter does not specialise batch or class count.
+    images = torch.rand(2, 3, config.image_size, config.image_size)
+    text = F.normalize(torch.randn(k + 3, config.prompts_per_class, config.clip.embed_dim), dim=-1)
+    batch = torch.export.Dim("batch", min=1, max=256)
+    classes = torch.export.Dim("classes", min=1, max=65_536)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (images, text),
+            input_names=["images", "text"],
+            output_names=["logits", "indices"],
+            dynamic_shapes={"images": {0: batch}, "text": {0: classes}},
+            opset_version=opset,
+            dynamo=True,
+        )
+    program.save(str(path))
+    return path
+
+
+class OnnxSegmenter(Segmenter):
+    """The Segmenter API on an onnxruntime session (CUDA provider when available, else CPU)."""
+
+    def __init__(
+        self,
+        model: LSMSeg,
+        onnx_path: str | Path,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        import onnxruntime
+
+        super().__init__(model, device="cpu", dtype=torch.float32)
+        available = onnxruntime.get_available_providers()
+        wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=list(wanted))
+        # onnxruntime-gpu silently falls back to the CPU when CUDA libraries are missing: report what runs.
+        self.providers = self.session.get_providers()
+        logger.info("onnxruntime providers: %s", self.providers)
+
+    def _probabilities(
+        self,
+        images: torch.Tensor,
+        selection: Selection | None,
+        text: TextInput,
+        k: int | None,
+        timings: dict[str, float],
+    ) -> tuple[torch.Tensor, Selection]:
+        if selection is not None or (k is not None and k != self.model.config.cfm_k):
+            raise ValueError("the ONNX graph has a fixed k and no sliding window; use the torch backend")
+        texts = per_sample(text, images.shape[0])
+        start = time.perf_counter()
+        outputs = []
+        for index, vocabulary in enumerate(texts):  # one shared vocabulary per graph call
+            logits, kept = self.session.run(
+                None, {"images": images[index : index + 1].numpy(), "text": vocabulary.float().numpy()}
+            )
+            outputs.append((torch.from_numpy(logits[0]), torch.from_numpy(kept[0])))
+        timings[ONNX_STAGE] = timings.get(ONNX_STAGE, 0.0) + time.perf_counter() - start
+        width = max(len(kept) for _, kept in outputs)
+        size = images.shape[-2:]
+        probs = torch.full((len(outputs), width, *size), -1.0)
+        indices = torch.full((len(outputs), width), -1, dtype=torch.long)
+        for row, (logits, kept) in enumerate(outputs):
+            probs[row, : len(kept)] = torch.sigmoid(logits)
+            indices[row, : len(kept)] = kept
+        mask = indices >= 0
+        return probs, Selection(indices=indices, text=torch.empty(0), mask=mask)
