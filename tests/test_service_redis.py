@@ -22,14 +22,16 @@ def test_requests_survive_a_redis_outage(private_redis, tmp_path):
             assert _readiness(server).json()["redis"] == "up"
 
             private_redis.stop()
-            started = time.monotonic()
             # Known vocabulary (from the registry's local copy) and brand-new classes (encoded here).
-            assert client.segment(image_bytes(seed=1), vocab_id=vocab.vocab_id).vocab_id == vocab.vocab_id
+            known = client.segment(image_bytes(seed=1), vocab_id=vocab.vocab_id)
+            assert known.vocab_id == vocab.vocab_id
             fresh = client.segment(image_bytes(seed=2), classes=["tree", "bench", "pond"])
             assert fresh.label_map.max() < 3
             new_vocab = client.register_vocab(["kite", "cloud"], name="sky-things")
-            assert client.segment(image_bytes(seed=3), vocab_id="sky-things").vocab_id == new_vocab.vocab_id
-            assert time.monotonic() - started < 10  # no multi-second Redis timeouts per request
+            later = client.segment(image_bytes(seed=3), vocab_id="sky-things")
+            assert later.vocab_id == new_vocab.vocab_id
+            # The stage that touches Redis pays no multi-second timeouts or retry back-off.
+            assert max(result.timings_ms["text"] for result in (known, fresh, later)) < 2000
             ready = _readiness(server)
             assert ready.status_code == 200  # the cache is optional: still ready
             assert ready.json()["redis"] == "down"
