@@ -81,11 +81,12 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     except Exception as exc:  # truncated or corrupt data: OSError, SyntaxError, ValueError, EOFError...
         raise ApiError(400, "invalid_image", f"the {image_format} image is truncated or corrupt") from exc
     try:
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is nothing to turn
     except Exception:  # a broken EXIF block should not cost the user the whole request
         logger.debug("ignoring unreadable EXIF orientation", exc_info=True)
     try:
-        rgb = to_rgb_array(image)
+        # The common case (an RGB photo) needs one copy; every other mode goes through the model's converter.
+        rgb = np.asarray(image) if image.mode == "RGB" else to_rgb_array(image)
     except (ValueError, OSError) as exc:
         raise ApiError(400, "invalid_image", f"cannot convert image mode {image.mode} to RGB") from exc
     return DecodedImage(rgb=rgb, format=image_format)

@@ -84,6 +84,10 @@ def plan_model(settings: Settings) -> ModelPlan:
 def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
     """Build or load the model on the configured device (WeightsNotFoundError names any missing file)."""
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.torch_threads is not None:
+        # On a CPU shared with other processes (or a container's CPU quota) fewer threads beat many
+        # threads spinning at barriers.
+        torch.set_num_threads(settings.torch_threads)
     if plan.random_weights:
         logger.warning(
             "\n%s\n!! NO MODEL CONFIGURED AND %s IS MISSING.\n!! Serving the %r preset with RANDOM weights:"

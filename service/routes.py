@@ -99,8 +99,7 @@ async def segment(request: Request) -> Any:
     timings: dict[str, float] = {}
     with state.batcher.arriving():
         image_bytes, options = await read_segment_request(request)
-        decoded = await _timed(timings, "decode", decode_image, image_bytes, state.settings.max_image_pixels)
-        vocab = await _timed(timings, "text", _resolve_vocab, state, options)
+        decoded, vocab = await run_in_threadpool(_prepare, state, image_bytes, options, timings)
         state.metrics.vocab_classes.observe(len(vocab.classes))
         top_k = options.top_k or state.settings.top_k
         job = state.batcher.submit(SegmentJob(decoded.rgb, vocab.vocab_id, vocab.prompts.prompts, top_k))
@@ -130,11 +129,21 @@ async def _timed(timings: dict[str, float], stage: str, function: Any, *args: An
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _resolve_vocab(state: ServiceState, options: SegmentOptions) -> ResolvedVocab:
+def _prepare(
+    state: ServiceState, image_bytes: bytes, options: SegmentOptions, timings: dict[str, float]
+) -> tuple[DecodedImage, ResolvedVocab]:
+    """Decode the image and resolve the classes, in one worker-thread hop."""
+    start = time.perf_counter()
+    decoded = decode_image(image_bytes, state.settings.max_image_pixels)
+    decoded_at = time.perf_counter()
+    timings["decode"] = decoded_at - start
     if options.vocab_id is not None:
-        return state.vocabularies.registered(options.vocab_id)
-    assert options.classes is not None
-    return state.vocabularies.inline(options.classes)
+        vocab = state.vocabularies.registered(options.vocab_id)
+    else:
+        assert options.classes is not None
+        vocab = state.vocabularies.inline(options.classes)
+    timings["text"] = time.perf_counter() - decoded_at
+    return decoded, vocab
 
 
 async def _wait(

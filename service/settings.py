@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     sam_checkpoint: Path | None = Field(None, description="official segment-anything .pth (SAM-L presets)")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
     sliding_window: bool = Field(False, description="CAT-Seg style sliding-window inference (slower)")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for the model; default torch's (all cores the process sees)"
+    )
 
     # Text cache --------------------------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="Redis for embeddings and vocabularies; unset: memory")
