@@ -64,6 +64,13 @@ class PromptSet:
         return {source: tally[source] for source in SOURCES}
 
 
+def pick_prompts(name: str, sentences: Sequence[str], count: int) -> list[str]:
+    """`count` prompts: the sentences, then TEMPLATES, repeated from the start when `count` is longer."""
+    # The full name, synonyms included: ADE-847 has classes that share their first synonym.
+    candidates = [*sentences, *(template.format(name) for template in TEMPLATES)]
+    return [candidates[index % len(candidates)] for index in range(count)]
+
+
 class PromptBuilder:
     """Turns class names into P prompts each; LLM failures fall back to templates and are reported."""
 
@@ -120,17 +127,12 @@ class PromptBuilder:
         prompts, sources, truncated = [], [], 0
         for name in classes:
             source, sentences = chosen.get(name, ("template", []))
-            wanted = self._pick(name, sentences)
+            wanted = pick_prompts(name, sentences, self.prompts_per_class)
             picked = [truncate(prompt) for prompt in wanted]
             truncated += sum(kept != prompt for kept, prompt in zip(picked, wanted, strict=True))
             prompts.append(picked)
             sources.append(source)
         return PromptSet(classes, prompts, sources, failures, truncated)
-
-    def _pick(self, name: str, sentences: list[str]) -> list[str]:
-        # The full name, synonyms included: ADE-847 has classes that share their first synonym.
-        candidates = [*sentences, *(template.format(name) for template in TEMPLATES)]
-        return [candidates[index % len(candidates)] for index in range(self.prompts_per_class)]
 
     def _ask_llm(self, llm: LLMClient, names: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
         """Ask the LLM in parallel; after a failure other than a bad answer, stop asking for this request."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prompt_cache import Bank, LLMClient, PromptBuilder
-from prompt_cache.names import first_synonym
-from prompt_cache.prompts import TEMPLATES
+from prompt_cache.names import normalise_name
+from prompt_cache.prompts import pick_prompts
 
 PROMPT_SOURCES = ("bank", "template")
 
@@ -23,16 +24,15 @@ def class_prompts(
     "template": the plain "a photo of a {}." family only (the paper's hand-crafted baseline, Table 2).
     """
     if source == "template":
-        prompts = [
-            [
-                TEMPLATES[index % len(TEMPLATES)].format(first_synonym(name))
-                for index in range(prompts_per_class)
-            ]
-            for name in names
-        ]
+        prompts = [pick_prompts(normalise_name(name), [], prompts_per_class) for name in names]
         return prompts, {"template": len(prompts)}
     if source != "bank":
         raise ValueError(f"prompt source must be one of {PROMPT_SOURCES}, got {source!r}")
     builder = PromptBuilder(Bank(), LLMClient.from_env(), prompts_per_class)
     built = builder.build(list(names), descriptions)
     return built.prompts, built.counts
+
+
+def dataset_descriptions(dataset: Any) -> Mapping[str, Sequence[str]] | None:
+    """Class descriptions a dataset ships itself (the synthetic scenes do), used like user descriptions."""
+    return getattr(dataset, "descriptions", None)
