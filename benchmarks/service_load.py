@@ -1,0 +1,260 @@
+"""The service under load: HTTP overhead over a direct Segmenter call, and throughput with batching on vs off.
+
+One uvicorn worker (`python -m service`) with the default model (the demo checkpoint when present, else the
+seeded random `tiny`), a 640×480 JPEG and 20 classes given inline:
+  1. latency: p50/p95 of sequential POST /segment requests vs the same model's Segmenter.segment() on the
+     decoded image in this process (target: HTTP p50 ≤ 1.10 × direct p50). The two alternate, one call each,
+     so that both see the same machine load;
+  2. throughput: 1, 4 and 8 concurrent clients for a fixed time, with batching on (max_batch 8) and off (1).
+
+    python benchmarks/service_load.py
+    python benchmarks/service_load.py --duration 20 --clients 1 4 8 16
+    python benchmarks/service_load.py --torch-threads 1     # on a CPU shared with other jobs
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from prompt_cache import Bank, PromptBuilder
+from service.loader import load_model, plan_model
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "service_load.json"
+
+
+def photo_like_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
+    """Smooth regions, edges and a little noise: compresses and decodes like a photo, unlike pure noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.zeros((height, width, 3), dtype=np.float32)
+    horizon = height * 0.45
+    image[..., 0] = np.where(y < horizon, 90 + 60 * y / horizon, 70 + 40 * x / width)
+    image[..., 1] = np.where(y < horizon, 140 + 60 * y / horizon, 120 - 30 * (y - horizon) / height)
+    image[..., 2] = np.where(y < horizon, 230, 60)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(horizon, height), rng.uniform(20, 80)
+        inside = (x - cx) ** 2 + (y - cy) ** 2 < r**2
+        image[inside] = rng.uniform(0, 255, size=3)
+    image += rng.normal(0, 6, size=image.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"p50_ms": statistics.median(ordered) * 1000, "p95_ms": p95 * 1000}
+
+
+class DirectSegmenter:
+    """The model the server would load, called in this process on the decoded image."""
+
+    def __init__(self, jpeg: bytes, classes: list[str]) -> None:
+        from model import Segmenter
+
+        settings = Settings()
+        model, info = load_model(plan_model(settings), settings)
+        self.info = info.as_dict()
+        self.segmenter = Segmenter(model, device=info.device)
+        prompts = PromptBuilder(Bank(), prompts_per_class=info.prompts_per_class).build(classes).prompts
+        with torch.no_grad():
+            self.text = model.encode_text(prompts)
+        self.rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        for _ in range(3):
+            self()
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        self.segmenter.segment([self.rgb], self.text)
+        return time.perf_counter() - start
+
+
+class Server:
+    """`python -m service` on a free port with the given LSMSEG_* settings."""
+
+    def __init__(self, **settings: object) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {key: value for key, value in os.environ.items() if not key.startswith("LSMSEG_")}
+        env.update({"LSMSEG_PORT": str(self.port), "LSMSEG_LOG_LEVEL": "warning"})
+        env.update({f"LSMSEG_{key.upper()}": str(value) for key, value in settings.items()})
+        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 180
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def post(client: httpx.Client, jpeg: bytes, classes: list[str]) -> float:
+    start = time.perf_counter()
+    response = client.post(
+        "/segment", files={"image": ("photo.jpg", jpeg, "image/jpeg")}, data={"classes": json.dumps(classes)}
+    )
+    response.raise_for_status()
+    response.json()
+    return time.perf_counter() - start
+
+
+def latencies(
+    server: Server, direct: DirectSegmenter, jpeg: bytes, classes: list[str], repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(direct, HTTP) percentiles from alternating calls."""
+    direct_samples, http_samples = [], []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        for _ in range(3):
+            post(client, jpeg, classes)
+        for _ in range(repeats):
+            direct_samples.append(direct())
+            time.sleep(0.05)  # let this process's OpenMP threads stop spinning before the server computes
+            http_samples.append(post(client, jpeg, classes))
+            time.sleep(0.05)
+    return percentiles(direct_samples), percentiles(http_samples)
+
+
+def throughput(server: Server, jpeg: bytes, classes: list[str], clients: int, duration: float) -> dict:
+    """Each client sends its next request as soon as the previous one is answered."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def run() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            post(client, jpeg, classes)  # warm connection
+            while time.perf_counter() < stop_at:
+                seconds = post(client, jpeg, classes)
+                with lock:
+                    latencies.append(seconds)
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "images_per_s": len(latencies) / elapsed,
+        **percentiles(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=40, help="sequential requests for the latency part")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per throughput point")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--torch-threads", type=int, default=None, help="for both sides (default: torch's)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    server_settings: dict[str, object] = {"max_wait_ms": args.max_wait_ms}
+    if args.torch_threads:
+        server_settings["torch_threads"] = args.torch_threads
+
+    jpeg = photo_like_jpeg()
+    classes = Bank().vocabulary("ade150")[:20]
+    direct_segmenter = DirectSegmenter(jpeg, classes)
+    model_info = direct_segmenter.info
+
+    runs = []
+    direct = latency = None
+    for batching, max_batch in (("on", args.max_batch), ("off", 1)):
+        server = Server(max_batch=max_batch, **server_settings)
+        try:
+            if batching == "on":
+                direct, latency = latencies(server, direct_segmenter, jpeg, classes, args.repeats)
+            for clients in args.clients:
+                runs.append(
+                    {
+                        "batching": batching,
+                        "max_batch": max_batch,
+                        **throughput(server, jpeg, classes, clients, args.duration),
+                    }
+                )
+        finally:
+            server.stop()
+    assert direct is not None and latency is not None
+
+    report = {
+        "model": model_info,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+        },
+        "image": "640×480 JPEG, 20 classes inline (ADE-150's first 20), output label_png",
+        "latency": {
+            "direct": direct,
+            "http": latency,
+            "ratio_p50": latency["p50_ms"] / direct["p50_ms"],
+            "ratio_p95": latency["p95_ms"] / direct["p95_ms"],
+        },
+        "throughput": runs,
+        "settings": {
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+            "duration_s": args.duration,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+    print(
+        f"model {model_info['name']} ({model_info['source']}) on {model_info['device']}, "
+        f"{os.cpu_count()} CPUs, 640×480 JPEG, 20 classes"
+    )
+    print(f"\n{'latency':<22} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'direct Segmenter':<22} {direct['p50_ms']:>8.1f} {direct['p95_ms']:>8.1f}")
+    print(f"{'HTTP POST /segment':<22} {latency['p50_ms']:>8.1f} {latency['p95_ms']:>8.1f}")
+    ratios = report["latency"]
+    print(f"{'ratio (target ≤ 1.10)':<22} {ratios['ratio_p50']:>8.2f} {ratios['ratio_p95']:>8.2f}")
+    print(f"\n{'batching':<9} {'clients':>7} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9}")
+    for run in runs:
+        print(
+            f"{run['batching'] + ' (' + str(run['max_batch']) + ')':<9} {run['clients']:>7} "
+            f"{run['images_per_s']:>7.2f} {run['p50_ms']:>8.1f} {run['p95_ms']:>8.1f} {run['requests']:>9}"
+        )
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
