@@ -8,7 +8,6 @@ min(k, C). Text encoding stays in torch (it runs once per vocabulary and is cach
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,14 +102,13 @@ class OnnxSegmenter(Segmenter):
         if selection is not None or (k is not None and k != self.model.config.cfm_k):
             raise ValueError("the ONNX graph has a fixed k and no sliding window; use the torch backend")
         texts = per_sample(text, images.shape[0])
-        start = time.perf_counter()
         outputs = []
-        for index, vocabulary in enumerate(texts):  # one shared vocabulary per graph call
-            logits, kept = self.session.run(
-                None, {"images": images[index : index + 1].numpy(), "text": vocabulary.float().numpy()}
-            )
-            outputs.append((torch.from_numpy(logits[0]), torch.from_numpy(kept[0])))
-        timings[ONNX_STAGE] = timings.get(ONNX_STAGE, 0.0) + time.perf_counter() - start
+        with self._stage(timings, ONNX_STAGE):
+            for index, vocabulary in enumerate(texts):  # one shared vocabulary per graph call
+                logits, kept = self.session.run(
+                    None, {"images": images[index : index + 1].numpy(), "text": vocabulary.float().numpy()}
+                )
+                outputs.append((torch.from_numpy(logits[0]), torch.from_numpy(kept[0])))
         width = max(len(kept) for _, kept in outputs)
         size = images.shape[-2:]
         probs = torch.full((len(outputs), width, *size), -1.0)
