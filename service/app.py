@@ -8,13 +8,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.loader import plan_model
 from service.metrics import RequestMetricsMiddleware
-from service.routes import protected, router
+from service.routes import STATIC_DIR, protected, router
 from service.schemas import SegmentForm, SegmentJsonRequest
 from service.settings import Settings
 from service.state import ServiceState
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)  # outermost: times everything
     app.include_router(router)
     app.include_router(protected)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")  # the page at GET /
     _document_segment_bodies(app)
     return app
 

@@ -41,6 +41,11 @@ def palette(num_colours: int) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
+def palette_hex(num_colours: int) -> list[str]:
+    """The palette as CSS colours ("#rrggbb"), e.g. for a legend beside the overlay."""
+    return [f"#{red:02x}{green:02x}{blue:02x}" for red, green, blue in palette(num_colours).tolist()]
+
+
 def label_png(label_map: np.ndarray, num_classes: int) -> bytes:
     """PNG whose pixel values are class indices: 8-bit palette image up to 256 classes, else 16-bit gray."""
     if num_classes <= MAX_8BIT_CLASSES:

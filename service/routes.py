@@ -6,12 +6,13 @@ import asyncio
 import base64
 import hmac
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from prompt_cache import Vocabulary
@@ -19,7 +20,7 @@ from service.batcher import Job
 from service.engine import SegmentJob, SegmentOutput
 from service.errors import CLIENT_CLOSED_REQUEST, ApiError
 from service.images import DecodedImage, decode_image
-from service.masks import class_rle, label_png, overlay_png
+from service.masks import class_rle, label_png, overlay_png, palette_hex
 from service.parsing import read_segment_request
 from service.schemas import (
     EncodedImage,
@@ -40,6 +41,12 @@ from service.schemas import (
 from service.state import ServiceState, get_state
 from service.vocabularies import ResolvedVocab
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The try-it page loads only its own script and style and talks only to this server.
+_PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
 _bearer = HTTPBearer(auto_error=False, description="needed only when the server sets LSMSEG_API_KEY")
 
 
@@ -207,12 +214,14 @@ def _json_answer(
     segmentation = output.segmentation
     label_map = segmentation.label_map
     with_rle = options.output in ("rle", "both")
+    colours = palette_hex(len(vocab.classes)) if options.overlay else None
     segments = [
         Segment(
             class_name=vocab.classes[index],
             index=int(index),
             area=int(segmentation.areas[index]),
             score=round(float(segmentation.scores[index]), 4),
+            colour=colours[index] if colours is not None else None,
             rle=Rle(**class_rle(label_map, int(index))) if with_rle else None,
         )
         for index in np.flatnonzero(segmentation.areas)
@@ -297,6 +306,13 @@ async def get_vocab(request: Request, id_or_name: str) -> VocabOut:
 async def delete_vocab(request: Request, id_or_name: str) -> Response:
     await run_in_threadpool(get_state(request).vocabularies.delete, id_or_name)
     return Response(status_code=204)
+
+
+# The page -----------------------------------------------------------------------------------------------
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """A page for trying the service in a browser (service/static/); its API calls carry the key, not it."""
+    return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": _PAGE_POLICY})
 
 
 # Operations --------------------------------------------------------------------------------------------

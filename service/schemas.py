@@ -122,6 +122,7 @@ class Segment(BaseModel):
     index: int = Field(description="label value of this class")
     area: int = Field(description="pixels labelled with the class")
     score: float = Field(description="mean probability over those pixels")
+    colour: str | None = Field(None, description="the class's colour in the overlay, #rrggbb (overlay=true)")
     rle: Rle | None = None
 
 
