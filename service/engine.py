@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model import LSMSeg, Segmentation, Segmenter
+from model import LSMSeg, Segmentation
 from prompt_cache import EmbeddingStore
+from service.backends import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,11 @@ class SegmentOutput:
 class Engine:
     """Owns the model; used from the model thread only."""
 
-    def __init__(self, model: LSMSeg, store: EmbeddingStore, device: str, sliding_window: bool) -> None:
+    def __init__(self, model: LSMSeg, store: EmbeddingStore, backend: Backend) -> None:
         self.model = model
         self.store = store
-        self.segmenter = Segmenter(model, device=device, sliding_window=sliding_window)
+        self.backend = backend
+        self.segmenter = backend.segmenter
 
     def encode_text(self, prompts: list[list[str]]) -> torch.Tensor:
         return self.model.encode_text(prompts)

@@ -3,6 +3,7 @@ nothing is configured and the demo checkpoint is absent, the random `tiny` prese
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ class ModelInfo:
     prompts_per_class: int
     cfm_k: int
     prompt_version: str | None
+    backend: str = "torch"  # torch | onnx (LSMSEG_BACKEND)
+    providers: tuple[str, ...] = ()  # onnxruntime's execution providers; `device` is where torch runs
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -55,6 +58,8 @@ class ModelInfo:
 
 def plan_model(settings: Settings) -> ModelPlan:
     """Resolve the model source and check that its files exist; ModelConfigError otherwise."""
+    if settings.backend == "onnx":
+        _check_onnx(settings)
     if settings.preset is not None:
         if settings.preset not in PRESETS:
             raise ModelConfigError(f"unknown LSMSEG_PRESET {settings.preset!r}; known: {sorted(PRESETS)}")
@@ -81,9 +86,20 @@ def plan_model(settings: Settings) -> ModelPlan:
     return ModelPlan("checkpoint", checkpoint, None)
 
 
+def _check_onnx(settings: Settings) -> None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ModelConfigError("LSMSEG_BACKEND=onnx needs onnxruntime: pip install 'lsmseg[onnx]'")
+    if settings.onnx_path is not None and not settings.onnx_path.is_file():
+        raise ModelConfigError(
+            f"LSMSEG_ONNX_PATH {str(settings.onnx_path)!r} does not exist; unset it to export at start-up"
+        )
+
+
 def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
     """Build or load the model on the configured device (WeightsNotFoundError names any missing file)."""
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if settings.backend == "onnx":
+        device = "cpu"  # onnxruntime runs the image graph; torch only feeds it and encodes text
     if settings.torch_threads is not None:
         # On a CPU shared with other processes (or a container's CPU quota) fewer threads beat many
         # threads spinning at barriers.
@@ -120,5 +136,6 @@ def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
         prompts_per_class=config.prompts_per_class,
         cfm_k=config.cfm_k,
         prompt_version=prompt_version,
+        backend=settings.backend,
     )
     return model.eval(), info

@@ -16,7 +16,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-STAGES = ("decode", "queue", "text", "clip", "sam", "cfm", "refine", "postprocess", "encode")
+# "onnx": the ONNX backend runs clip..refine as one graph, timed as one stage.
+STAGES = ("decode", "queue", "text", "clip", "sam", "cfm", "refine", "onnx", "postprocess", "encode")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
@@ -66,7 +67,9 @@ class Metrics:
             registry=self.registry,
         )
         self.model_info = Gauge(
-            "lsmseg_model_info", "The loaded model (value 1)", ["name", "source", "device"],
+            "lsmseg_model_info",
+            "The loaded model (value 1); providers: onnxruntime's, comma-separated (empty for torch)",
+            ["name", "source", "device", "backend", "providers"],
             registry=self.registry,
         )
         for stage in STAGES:  # every stage series exists from the first scrape on

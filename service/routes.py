@@ -109,6 +109,7 @@ async def segment(request: Request) -> Any:
         decoded, vocab = await run_in_threadpool(_prepare, state, image_bytes, options, timings)
         state.metrics.vocab_classes.observe(len(vocab.classes))
         top_k = options.top_k or state.settings.top_k
+        state.check_top_k(top_k)
         job = state.batcher.submit(SegmentJob(decoded.rgb, vocab.vocab_id, vocab.prompts.prompts, top_k))
     output = await _wait(state, job, request)
     if output is None:  # the client hung up: nobody is listening

@@ -150,6 +150,10 @@ class ModelStatus(BaseModel):
     prompts_per_class: int
     cfm_k: int
     prompt_version: str | None
+    backend: str = Field("torch", description="torch | onnx (LSMSEG_BACKEND)")
+    providers: list[str] = Field(
+        default_factory=list, description="onnxruntime execution providers in use; `device` is torch's"
+    )
 
 
 class Health(BaseModel):

@@ -15,7 +15,8 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "d
 class Settings(BaseSettings):
     """Every knob of the worker. Unset model fields mean: the demo checkpoint if present, else `tiny`."""
 
-    model_config = SettingsConfigDict(env_prefix="LSMSEG_", extra="ignore")
+    # An empty variable means unset, so compose files can write `LSMSEG_PRESET: ${LSMSEG_PRESET-}`.
+    model_config = SettingsConfigDict(env_prefix="LSMSEG_", extra="ignore", env_ignore_empty=True)
 
     # Model -------------------------------------------------------------------------------------------------
     checkpoint: Path | None = Field(
@@ -34,8 +35,24 @@ class Settings(BaseSettings):
         None, ge=1, description="CPU threads for the model; default torch's (all cores the process sees)"
     )
 
+    # Backend -----------------------------------------------------------------------------------------------
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="image graph in torch, or in onnxruntime (text encoding stays in torch)"
+    )
+    onnx_path: Path | None = Field(
+        None, description="a graph from model.onnx.export_onnx for this model (default: export at start-up)"
+    )
+    onnx_cache_dir: Path | None = Field(
+        None,
+        description="where start-up exports are kept (default: onnx-cache/ beside the checkpoint, "
+        "else ~/.cache/lsmseg/onnx)",
+    )
+
     # Text cache --------------------------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="Redis for embeddings and vocabularies; unset: memory")
+    embedding_ttl_s: int | None = Field(
+        None, ge=1, description="expiry of text embeddings in Redis (pair with maxmemory-policy volatile-lru)"
+    )
     llm_url: str | None = Field(None, description="OpenAI-compatible endpoint that describes unknown classes")
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
@@ -66,4 +83,6 @@ class Settings(BaseSettings):
             raise ValueError("set LSMSEG_CHECKPOINT or LSMSEG_PRESET, not both")
         if (self.llm_url is None) != (self.llm_model is None):
             raise ValueError("LSMSEG_LLM_URL and LSMSEG_LLM_MODEL go together")
+        if self.backend == "onnx" and self.sliding_window:
+            raise ValueError("the ONNX backend has no sliding window; use LSMSEG_BACKEND=torch for it")
         return self

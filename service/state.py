@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import Request
 
 from prompt_cache import Bank, EmbeddingStore, LLMClient, PromptBuilder, RedisLink, VocabRegistry
+from service.backends import build_backend
 from service.batcher import Batcher
 from service.engine import Engine, SegmentJob, SegmentOutput
+from service.errors import ApiError
 from service.loader import ModelInfo, ModelPlan, load_model
 from service.metrics import Metrics
 from service.settings import Settings
@@ -68,6 +70,7 @@ class ServiceState:
             self.link,
             model.text_fingerprint(),
             self.bank.prompt_version,
+            ttl_s=settings.embedding_ttl_s,
             device=info.device,
             on_count=self.metrics.count_cache,
         )
@@ -78,14 +81,29 @@ class ServiceState:
         builder = PromptBuilder(
             self.bank, llm, info.prompts_per_class, store=store, max_classes=settings.max_classes
         )
-        engine = Engine(model, store, info.device, settings.sliding_window)
+        backend = build_backend(model, self.plan, settings, info.device)
+        info = replace(info, providers=backend.providers)
+        engine = Engine(model, store, backend)
         engine.warm_up()
         builder.build(["wall"])  # loads the tokenizer now rather than in the first request
         self.vocabularies.builder = builder
         self.engine = engine
         self.model_info = info
-        self.metrics.model_info.labels(info.name, info.source, info.device).set(1)
+        self.metrics.model_info.labels(
+            info.name, info.source, info.device, info.backend, ",".join(info.providers)
+        ).set(1)
         return engine.run
+
+    def check_top_k(self, top_k: int | None) -> None:
+        """422 for a top_k the backend cannot run: the ONNX graph's CFM k is fixed at export."""
+        fixed = self.engine.backend.fixed_k if self.engine is not None else None
+        if top_k is not None and fixed is not None and top_k != fixed:
+            raise ApiError(
+                422,
+                "unsupported_top_k",
+                f"this worker runs the ONNX backend, whose graph keeps k={fixed} classes: "
+                f"omit top_k or send {fixed} (other values need a worker with LSMSEG_BACKEND=torch)",
+            )
 
 
 def get_state(request: Request) -> ServiceState:
