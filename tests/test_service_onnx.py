@@ -10,6 +10,8 @@ a class list keeps its own float32 copy, which can flip a pixel where two classe
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import redis
 import torch
 from conftest import RedisServer
 from prometheus_client.parser import text_string_to_metric_families
-from service_server import ServiceProcess, image_bytes
+from service_server import REPO_ROOT, ServiceProcess, free_port, image_bytes
 
 from prompt_cache import Bank, EmbeddingStore, PromptBuilder
 from service.backends import build_backend, cached_graph
@@ -178,12 +180,19 @@ def test_a_top_k_the_onnx_graph_was_not_exported_with_is_a_422(workers):
         assert api.segment(image, classes=classes, top_k=2).label_map is not None
 
 
+def test_the_container_health_probe_passes_only_on_a_2xx_answer(workers):
+    def probe(port: int, *path: str) -> int:
+        env = os.environ | {"LSMSEG_PORT": str(port)}
+        command = [sys.executable, "-m", "service.probe", *path]
+        return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, timeout=30).returncode
+
+    port = workers["onnx"].port
+    assert probe(port) == 0 and probe(port, "/readyz") == 0  # /healthz by default
+    assert probe(port, "/no-such-route") == 1
+    assert probe(free_port()) == 1  # nothing listens
+
+
 def test_onnx_settings_errors_stop_the_server_with_a_clear_message(tmp_path):
-    import subprocess
-    import sys
-
-    from service_server import REPO_ROOT
-
     env = {key: value for key, value in os.environ.items() if not key.startswith("LSMSEG_")}
     cases = [
         ({"LSMSEG_BACKEND": "onnx", "LSMSEG_ONNX_PATH": str(tmp_path / "missing.onnx")}, "missing.onnx"),
