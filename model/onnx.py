@@ -80,13 +80,18 @@ class OnnxSegmenter(Segmenter):
         model: LSMSeg,
         onnx_path: str | Path,
         providers: Sequence[str] | None = None,
+        threads: int | None = None,
     ) -> None:
         import onnxruntime
 
         super().__init__(model, device="cpu", dtype=torch.float32)
         available = onnxruntime.get_available_providers()
         wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = onnxruntime.InferenceSession(str(onnx_path), providers=list(wanted))
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            # As torch.set_num_threads: on a CPU shared with other processes, fewer threads that spin less.
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=list(wanted))
         # onnxruntime-gpu silently falls back to the CPU when CUDA libraries are missing: report what runs.
         self.providers = self.session.get_providers()
         logger.info("onnxruntime providers: %s", self.providers)

@@ -51,7 +51,7 @@ def build_backend(
             "unset LSMSEG_TOP_K or use LSMSEG_BACKEND=torch"
         )
     path = settings.onnx_path or cached_graph(model, plan, settings, export or export_onnx)
-    segmenter = OnnxSegmenter(model, path)
+    segmenter = OnnxSegmenter(model, path, threads=settings.torch_threads)
     return Backend("onnx", segmenter, tuple(segmenter.providers), k)
 
 

@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
     sliding_window: bool = Field(False, description="CAT-Seg style sliding-window inference (slower)")
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for the model; default torch's (all cores the process sees)"
+        None, ge=1, description="CPU threads for the model (torch, and onnxruntime's CPU provider); "
+        "default: all cores the process sees"
     )
 
     # Backend -----------------------------------------------------------------------------------------------
