@@ -124,8 +124,9 @@ def test_a_client_that_disconnects_never_reaches_the_model(server):
     time.sleep(1)  # let earlier tests' work drain
     images_before = _metric(server, "lsmseg_batch_size_sum")
     gone_before = _metric(server, "lsmseg_request_duration_seconds_count", route="/segment", status="499")
-    # Occupy the model thread: a few hundred never-seen class names take it seconds to encode.
-    unseen = [f"blocker {uuid.uuid4().hex} {index}" for index in range(200)]
+    # Occupy the model thread: a thousand never-seen class names take it seconds to encode
+    # (200 took only ~0.25 s on a fast CI machine, less than the impatient client's timeout).
+    unseen = [f"blocker {uuid.uuid4().hex} {index}" for index in range(1000)]
 
     def block() -> None:
         with server.client(api_key=API_KEY) as client:
@@ -142,6 +143,7 @@ def test_a_client_that_disconnects_never_reaches_the_model(server):
     with pytest.raises(httpx.TimeoutException):
         client.segment(image_bytes(), classes=["cat", "dog"])
     client.close()
+    assert blocker.is_alive(), "the blocker finished before the client gave up, so this test proves nothing"
     blocker.join(timeout=60)
     time.sleep(0.5)
     assert _metric(server, "lsmseg_batch_size_sum") == images_before + 1  # only the blocker ran
