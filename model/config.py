@@ -163,6 +163,33 @@ def _tiny_sam() -> SamConfig:
     )
 
 
+def _demo_clip() -> ClipConfig:
+    # Trained from scratch on the synthetic scenes (training/pretrain.py). The token embedding keeps the real
+    # 49408-word BPE vocabulary, so any class name tokenizes; at width 64 it is 3.2 M of the model's weights.
+    # 48 tokens hold every synthetic description and caption; longer prompts are truncated, never rejected.
+    return ClipConfig(
+        embed_dim=64,
+        vision=dict(layers=6, width=128, head_width=32, patch_size=8),
+        text=dict(context_length=48, vocab_size=49408, width=64, heads=4, layers=3),
+        quick_gelu=False,
+        guidance_layers=(1, 3, 5),
+    )
+
+
+def _demo_sam() -> SamConfig:
+    # A small ImageEncoderViT pretrained on class-agnostic segment targets, then frozen: the role SAM plays.
+    return SamConfig(
+        embed_dim=64,
+        depth=6,
+        num_heads=2,
+        global_attn_indexes=(1, 3, 5),
+        window_size=6,
+        patch_size=8,
+        built_size=96,
+        input_size=96,
+    )
+
+
 def _openai_clip(
     open_clip_name: str,
     embed_dim: int,
@@ -216,6 +243,26 @@ PRESETS: dict[str, LSMSegConfig] = {
         ),
         prompts_per_class=2,
         cfm_k=8,
+    ),
+    # The shipped checkpoint (checkpoints/demo.safetensors): trained from scratch on the synthetic scenes by
+    # `python -m training.demo`. 96² input → 12×12 grid; P = 5 (combined + size, shape, texture, colour).
+    "demo": LSMSegConfig(
+        name="demo",
+        image_size=96,
+        clip=_demo_clip(),
+        sam=_demo_sam(),
+        head=HeadConfig(
+            hidden_dim=32,
+            num_heads=2,
+            window_size=6,
+            cost_kernel=3,
+            guidance_dim=32,
+            decoder_dims=(32, 16),
+            decoder_guidance_dims=(64, 32),
+            decoder_guidance_proj_dims=(16, 8),
+        ),
+        prompts_per_class=5,
+        cfm_k=16,
     ),
     "vit-b16-sam-l": LSMSegConfig(
         name="vit-b16-sam-l",
