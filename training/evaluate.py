@@ -28,7 +28,7 @@ from training.datasets.base import SegmentationDataset
 from training.datasets.voc import VOC20B_CATSEG_CLASSES, collapse_background
 from training.datasets.vocabularies import load_classes
 from training.metrics import ConfusionMatrix
-from training.prompts import class_prompts
+from training.prompts import class_prompts, dataset_descriptions
 
 
 @dataclass
@@ -64,7 +64,8 @@ def evaluate_dataset(
     """Metrics of one dataset; `seen_names` (training classes) adds seen/unseen mIoU and hIoU."""
     classes = list(dataset.classes)
     asked = prompt_classes(dataset_name, classes)
-    prompts, sources = class_prompts(asked, model.config.prompts_per_class, options.prompts)
+    descriptions = dataset_descriptions(dataset) if asked == classes else None
+    prompts, sources = class_prompts(asked, model.config.prompts_per_class, options.prompts, descriptions)
     segmenter = Segmenter(model, device=device, sliding_window=options.sliding_window)
     with torch.inference_mode():
         text = model.to(segmenter.device).encode_text(prompts)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from model import LSMSeg, build_model, load_checkpoint, save_checkpoint
 from training.data import LoaderSpec, training_batches
 from training.loss import class_presence, segmentation_loss
-from training.prompts import class_prompts
+from training.prompts import class_prompts, dataset_descriptions
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,10 @@ class Trainer:
         self.spec = LoaderSpec.from_config(config, self.model.config.image_size, self.distributed.world_size)
         self.dataset = dataset
         self.prompts, self.prompt_sources = class_prompts(
-            self._classes(), self.model.config.prompts_per_class, config.prompts
+            self._classes(),
+            self.model.config.prompts_per_class,
+            config.prompts,
+            dataset_descriptions(self.dataset),
         )
         step = TrainStep(self.model, self.prompts, config.cfm_k).to(self.device)
         self.step = DistributedDataParallel(step) if self.distributed.enabled else step

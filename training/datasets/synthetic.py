@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from prompt_cache.prompt_bank import ATTRIBUTES as PROMPT_ATTRIBUTES
 from training.datasets.base import Sample
 from training.datasets.synthetic_render import (
     COLOUR_RGB,
@@ -143,6 +144,13 @@ def describe(name: str) -> dict[str, str]:
     return sentences
 
 
+def attribute_prompts(name: str) -> list[str]:
+    """The class's sentences in the prompt bank's order (combined, size, shape, texture, colour), ready to be
+    PromptBuilder's "user" descriptions."""
+    sentences = describe(name)
+    return [sentences[key] for key in PROMPT_ATTRIBUTES]
+
+
 # Scenes ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SceneObject:
@@ -249,6 +257,8 @@ class SyntheticScenes:
         self.split, self.num_images, self.image_size, self.seed = split, num_images, image_size, seed
         self.unseen_fraction, self.max_objects = unseen_fraction, max_objects
         self.classes = list(SEEN_CLASSES if split == "train" else CLASSES)
+        # Training and evaluation prompt with these as user descriptions (the bank has no synthetic classes).
+        self.descriptions = {name: attribute_prompts(name) for name in self.classes}
         self._index = {name: index for index, name in enumerate(self.classes)}
 
     def __len__(self) -> int:
@@ -278,14 +288,18 @@ class SyntheticScenes:
 def caption(sample: SyntheticSample, min_pixels: int = 16) -> str:
     """A sentence naming the visible objects (largest first) and the background, from the sample's own
     segment map, so it stays true after crops: "a large striped red star and a small blue ring on grass"."""
-    counts = np.bincount(sample.instances[sample.instances > 0].ravel(),
-                         minlength=len(sample.scene.segment_names) + 1)
-    n_stuff = len(sample.scene.stuff)
-    stuff = [name for k, name in enumerate(sample.scene.stuff, 1) if counts[k] >= min_pixels]
-    visible = [(counts[n_stuff + 1 + k], k) for k in range(len(sample.scene.objects))
+    return scene_caption(sample.scene, sample.instances, min_pixels)
+
+
+def scene_caption(scene: Scene, instances: np.ndarray, min_pixels: int = 16) -> str:
+    """`caption` from a scene and any (e.g. cropped) segment map of it."""
+    counts = np.bincount(instances[instances > 0].ravel(), minlength=len(scene.segment_names) + 1)
+    n_stuff = len(scene.stuff)
+    stuff = [name for k, name in enumerate(scene.stuff, 1) if counts[k] >= min_pixels]
+    visible = [(counts[n_stuff + 1 + k], k) for k in range(len(scene.objects))
                if counts[n_stuff + 1 + k] >= min_pixels]
     visible.sort(key=lambda item: (-item[0], item[1]))
-    phrases = [sample.scene.objects[k].phrase() for _, k in visible]
+    phrases = [scene.objects[k].phrase() for _, k in visible]
     background = " and ".join(stuff) or "a plain background"
     if not phrases:
         return f"a picture of {background}"
@@ -310,6 +324,8 @@ class CaptionPair:
     image: np.ndarray  # S×S×3 uint8
     text: str  # the class name
     class_index: int  # into the dataset's `classes`
+    scene: Scene  # what is drawn (for captions of crops)
+    instances: np.ndarray  # S×S int32 segment ids ≥ 1, as in a sample's `instances`
 
 
 class ObjectCaptions:
@@ -348,5 +364,5 @@ class ObjectCaptions:
             fill = FILLS[int(rng.choice(len(FILLS), p=_FILL_WEIGHTS))]
             obj = SceneObject(name, fill, "large", centre, radius, float(rng.uniform(0, 2 * np.pi)))
             scene = Scene((background,), (obj,))
-        image, _ = render(scene, self.image_size, rng)
-        return CaptionPair(image, name, class_index)
+        image, instances = render(scene, self.image_size, rng)
+        return CaptionPair(image, name, class_index, scene, instances)
