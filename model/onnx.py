@@ -85,7 +85,10 @@ class OnnxSegmenter(Segmenter):
         import onnxruntime
 
         super().__init__(model, device="cpu", dtype=torch.float32)
-        available = onnxruntime.get_available_providers()
+        available = set(onnxruntime.get_available_providers())
+        # onnxruntime-gpu lists CUDA even on a machine without a GPU, then logs a loading error per session.
+        if not torch.cuda.is_available():
+            available.discard("CUDAExecutionProvider")
         wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         options = onnxruntime.SessionOptions()
         if threads is not None:
