@@ -106,7 +106,6 @@ class CropBatch:
     segments: torch.Tensor  # B×s×s int64
     captions: list[str]  # what each crop shows, written like the generator's captions
     present: torch.Tensor  # B×C bool: the classes its caption names
-    patch_classes: torch.Tensor  # B×N class under most of each patch (only for the mask-supervised term)
     grid_offset: tuple[int, int]  # patch row, column of the crop's top-left corner in the full image
 
 
@@ -123,15 +122,13 @@ def sample_crops(
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     segments = torch.where(flip[:, None, None], segments.flip(-1), segments)
     present = torch.zeros(len(indices), len(bank.classes), dtype=torch.bool)
-    patch_classes = patch_segments(segments, patch) - 1
     captions = []
     for row, image_index in enumerate(indices.tolist()):
         scene, lookup = bank.scenes[image_index], bank.segment_classes[image_index]
         captions.append(scene_caption(scene, segments[row].numpy(), _MIN_VISIBLE_PIXELS))
         counts = torch.bincount(segments[row].flatten(), minlength=len(scene.segment_names) + 1)[1:]
         present[row, lookup[counts >= _MIN_VISIBLE_PIXELS]] = True
-        patch_classes[row] = lookup[patch_classes[row]]
-    return CropBatch(images, segments, captions, present, patch_classes, (top // patch, left // patch))
+    return CropBatch(images, segments, captions, present, (top // patch, left // patch))
 
 
 def class_phrasings(name: str) -> list[str]:
@@ -167,9 +164,6 @@ class ClipPretrainConfig:
     weight_decay: float = 0.05
     warmup: int = 40
     dense_weight: float = 1.0  # weight of the caption-level dense terms next to the global InfoNCE
-    # Patches of these classes also get their class from the segment masks (as LSMSeg training would give).
-    mask_classes: tuple[str, ...] = ()
-    mask_weight: float = 1.0
     seed: int = 0
 
 
@@ -202,9 +196,6 @@ class ClipPretrainer:
         self.scheduler = _cosine_schedule(self.optimizer, train.steps, train.warmup)
         self.rng = random.Random(train.seed)
         self.generator = torch.Generator().manual_seed(train.seed)
-        self.mask_class_indices = torch.tensor(
-            [CLASSES.index(name) for name in train.mask_classes], dtype=torch.long
-        )
 
     def encode_images(
         self, images: torch.Tensor, grid_offset: tuple[int, int] = (0, 0)
@@ -245,23 +236,13 @@ class ClipPretrainer:
         partial = -torch.logsumexp(log_p.masked_fill(~named, float("-inf")), dim=-1).mean()
         # ... and each named class is shown by some patch.
         presence = -log_p.amax(dim=1)[batch.present].mean()
-        parts = {"global": global_loss, "text": text_loss, "partial": partial, "presence": presence}
-        labelled = torch.isin(batch.patch_classes, self.mask_class_indices)
-        if labelled.any():
-            targets = batch.patch_classes[labelled]
-            # Class-balanced: objects cover few patches, and their shapes are what is slow to learn.
-            counts = torch.bincount(targets, minlength=len(classes)).float()
-            losses = F.nll_loss(log_p[labelled], targets, reduction="none")
-            parts["mask"] = (losses / counts[targets]).sum() / (counts > 0).sum()
-        return parts
+        return {"global": global_loss, "text": text_loss, "partial": partial, "presence": presence}
 
     def step(self, bank: SceneBank, indices: torch.Tensor) -> dict[str, float]:
         config = self.train_config
         batch = sample_crops(bank, indices, config.crop_size, self.config.patch_size, self.generator)
         parts = self.losses(batch, bank.classes)
         loss = parts["global"] + parts["text"] + config.dense_weight * (parts["partial"] + parts["presence"])
-        if "mask" in parts:
-            loss = loss + config.mask_weight * parts["mask"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
