@@ -1,0 +1,353 @@
+"""The demo checkpoint, from scratch: `python -m training.demo` (fixed seed; about 8 minutes on 2 CPU cores).
+
+1. Render synthetic scenes of all 58 classes and pretrain the tiny backbones on them (training/pretrain.py):
+   CLIP on image–caption pairs only, SAM's ImageEncoderViT on class-agnostic segment targets.
+2. Put both into the `demo` preset and train the LSMSeg head on the 48 SEEN classes with the real
+   training.train.Trainer (CLIP q/v tuned, SAM frozen), exactly as the full-size model is trained.
+3. Score the held-out test split (the registry's "synthetic-test": 500 scenes, half of the objects and
+   stuff regions from the 10 unseen classes) with attribute prompts and with plain templates.
+4. Write checkpoints/demo.safetensors, a JSON + Markdown report and an example figure under docs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from model import LSMSeg, Segmenter, build_model, get_config, load_checkpoint, save_checkpoint
+from training.datasets.base import IGNORE_INDEX, Sample
+from training.datasets.registry import DATASETS
+from training.datasets.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
+from training.evaluate import EvaluationOptions, evaluate_dataset, markdown_table
+from training.pretrain import (
+    ClipPretrainConfig,
+    ClipPretrainer,
+    SamPretrainConfig,
+    SamPretrainer,
+    render_scene_bank,
+)
+from training.prompts import class_prompts, dataset_descriptions
+from training.train import TrainConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.safetensors"
+REPORT_DIR = ROOT / "docs"
+TEST_DATASET = "synthetic-test"
+
+
+@dataclass
+class DemoConfig:
+    seed: int = 0
+    threads: int = 2
+    pretrain_scenes: int = 3000  # rendered once at the model's input size, shared by both backbones
+    clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
+    sam: SamPretrainConfig = field(default_factory=SamPretrainConfig)
+    train_images: int = 4000  # seen-class scenes (128 px, like the registry's "synthetic-train")
+    iterations: int = 700
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_iterations: int = 50
+    train_k: int = 8  # CFM k while training: the ground-truth classes plus the hardest others
+    test_images: int | None = None  # None: the whole registry test split
+
+
+class RenderedDataset:
+    """A dataset rendered once into memory (generation costs more than the tiny model's data loading)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.classes = list(dataset.classes)
+        self.descriptions = dataset_descriptions(dataset)
+        self.samples: list[Sample] = [dataset[index] for index in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pretrained_demo_model(config: DemoConfig, image_size: int, progress: bool = True) -> tuple[LSMSeg, dict]:
+    """The `demo` preset with freshly pretrained CLIP and SAM weights (the head still random)."""
+    preset = get_config("demo")
+    bank = render_scene_bank(config.pretrain_scenes, image_size, progress=progress)
+    started = time.perf_counter()
+    clip = ClipPretrainer(preset.clip, image_size, dataclasses.replace(config.clip, seed=config.seed))
+    clip_history = clip.fit(bank, progress=progress)
+    clip_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    sam = SamPretrainer(preset.sam, dataclasses.replace(config.sam, seed=config.seed))
+    sam_history = sam.fit(bank, progress=progress)
+    sam_seconds = time.perf_counter() - started
+    torch.manual_seed(config.seed)
+    model = build_model(preset)
+    model.clip.model.load_state_dict(clip.model.state_dict())
+    model.sam.load_state_dict(sam.sam.state_dict())
+    summary = {
+        "clip": {"seconds": clip_seconds, "first": clip_history[0], "last": clip_history[-1]},
+        "sam": {"seconds": sam_seconds, "first": sam_history[0], "last": sam_history[-1]},
+    }
+    return model, summary
+
+
+def train_head(
+    init_checkpoint: Path, output_dir: Path, config: DemoConfig, dataset: Any, **changes: Any
+) -> Path:
+    """LSMSeg training on the seen classes with the real Trainer; returns its final checkpoint."""
+    train_config = TrainConfig(
+        preset="demo",
+        clip_pretrained=None,
+        init_checkpoint=str(init_checkpoint),
+        dataset="synthetic-train",
+        iterations=config.iterations,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup_iterations=config.warmup_iterations,
+        grad_clip=1.0,
+        cfm_k=config.train_k,
+        checkpoint_every=10**9,  # only the final checkpoint
+        log_every=10,
+        output_dir=str(output_dir),
+        seed=config.seed,
+        num_workers=0,
+        device="cpu",
+    )
+    trainer = Trainer(dataclasses.replace(train_config, **changes), dataset=dataset)
+    try:
+        final = trainer.fit()
+    finally:
+        trainer.close()
+    assert final is not None
+    return final
+
+
+def evaluate_prompts(
+    model: LSMSeg, dataset: Any, k: int | None = None, progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Seen/unseen scores with attribute prompts ("bank": the dataset's descriptions) and plain templates."""
+    results = {}
+    for prompts in ("bank", "template"):
+        options = EvaluationOptions(prompts=prompts, k=k, batch_size=8)
+        results[prompts] = evaluate_dataset(
+            model, dataset, TEST_DATASET, options, seen_names=SEEN_CLASSES, device="cpu", progress=progress
+        )
+    return results
+
+
+# Figure ----------------------------------------------------------------------------------------------------
+def _palette(count: int) -> np.ndarray:
+    """Distinct, stable colours per class index (golden-ratio hues)."""
+    hues = (np.arange(count) * 0.618034) % 1.0
+    hsv = np.stack([hues * 255, np.full(count, 200), np.full(count, 230)], axis=1).astype(np.uint8)
+    return np.asarray(Image.fromarray(hsv[None], "HSV").convert("RGB"))[0]
+
+
+def _colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    image = palette[np.clip(labels, 0, len(palette) - 1)]
+    image[labels == IGNORE_INDEX] = 0
+    return image
+
+
+def example_figure(model: LSMSeg, dataset: Any, index: int, path: Path, scale: int = 2) -> Path:
+    """Image | ground truth | prediction (attribute prompts), with a legend naming the classes shown."""
+    sample = dataset[index]
+    classes = list(dataset.classes)
+    prompts, _ = class_prompts(classes, model.config.prompts_per_class, "bank", dataset_descriptions(dataset))
+    with torch.inference_mode():
+        text = model.encode_text(prompts)
+    prediction = Segmenter(model, device="cpu").segment([sample.image], text).results[0].label_map
+    palette = _palette(len(classes))
+    panels = [sample.image, _colourise(sample.label, palette), _colourise(prediction, palette)]
+    size = sample.image.shape[0] * scale
+    shown = sorted(set(np.unique(sample.label).tolist()) | set(np.unique(prediction).tolist()))
+    shown = [c for c in shown if c != IGNORE_INDEX]
+    font = ImageFont.load_default()
+    line = 14
+    legend_height = line * (len(shown) + 1) + 8
+    canvas = Image.new("RGB", (3 * size + 4 * 8, size + 24 + legend_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    titles = ("image", "ground truth", "prediction")
+    for column, (title, panel) in enumerate(zip(titles, panels, strict=True)):
+        x = 8 + column * (size + 8)
+        canvas.paste(Image.fromarray(panel).resize((size, size), Image.NEAREST), (x, 20))
+        draw.text((x, 4), title, fill="black", font=font)
+    top = size + 28
+    draw.text((8, top), "classes (* = unseen in LSMSeg training):", fill="black", font=font)
+    for row, class_index in enumerate(shown, 1):
+        name = classes[class_index]
+        y = top + row * line
+        draw.rectangle((8, y + 2, 18, y + 11), fill=tuple(int(v) for v in palette[class_index]))
+        draw.text((24, y), name + (" *" if name in UNSEEN_CLASSES else ""), fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, optimize=True)
+    return path
+
+
+def pick_example(dataset: Any, count: int = 200) -> int:
+    """A test scene showing at least two unseen classes and one seen object (so the figure shows both)."""
+    unseen = {dataset.classes.index(name) for name in UNSEEN_CLASSES}
+    best, best_score = 0, -1
+    for index in range(min(count, len(dataset))):
+        scene = dataset.scene(index)
+        names = scene.segment_names
+        score = sum(name in UNSEEN_CLASSES for name in set(names)) + (len(scene.objects) >= 3)
+        if score > best_score and any(dataset.classes.index(n) not in unseen for n in names):
+            best, best_score = index, score
+    return best
+
+
+# Report ----------------------------------------------------------------------------------------------------
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    scores = report["evaluation"]
+    rows = [
+        "| prompts | mIoU seen (48) | mIoU unseen (10) | hIoU | mIoU all | pAcc | CFM recall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = (("bank", "attribute (combined + size, shape, texture, colour)"), ("template", "template"))
+    for name, label in labels:
+        result = scores[name]
+        cells = [result[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "pAcc", "cfm_recall")]
+        rows.append(f"| {label} | " + " | ".join(_percent(v) for v in cells) + " |")
+    unseen_iou = scores["bank"]["per_class_iou"]
+    per_class = ", ".join(f"{name} {_percent(unseen_iou[name])}" for name in UNSEEN_CLASSES)
+    timing = report["seconds"]
+    return "\n".join(
+        [
+            "# Demo model report",
+            "",
+            f"Command: `{report['command']}` (seed {report['config']['seed']}, "
+            f"{report['config']['threads']} threads, {report['machine']}).",
+            "",
+            f"Wall time {timing['total'] / 60:.1f} min: rendering + CLIP pretraining "
+            f"{timing['clip_pretrain'] / 60:.1f} min, SAM pretraining {timing['sam_pretrain'] / 60:.1f} min, "
+            f"LSMSeg training {timing['train'] / 60:.1f} min, evaluation {timing['evaluate'] / 60:.1f} min.",
+            f"Checkpoint: `{report['checkpoint']}`, {report['checkpoint_mb']:.1f} MB.",
+            "",
+            f"Held-out test split `{TEST_DATASET}` ({scores['bank']['images']} scenes, 58 classes, CFM "
+            f"k = {scores['bank']['cfm_k']}):",
+            "",
+            *rows,
+            "",
+            f"Unseen classes, IoU with attribute prompts: {per_class}.",
+            "",
+            markdown_table([scores["bank"], scores["template"]]),
+            "",
+        ]
+    )
+
+
+def run(config: DemoConfig, output: Path, report_dir: Path, work_dir: Path, progress: bool = True) -> dict:
+    torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    started = time.perf_counter()
+    image_size = get_config("demo").image_size
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    model, pretrain_summary = pretrained_demo_model(config, image_size, progress)
+    init = save_checkpoint(model, work_dir / "init.safetensors", extra={"stage": "pretrained backbones"})
+    after_pretrain = time.perf_counter()
+
+    train_set = RenderedDataset(SyntheticScenes("train", num_images=config.train_images, seed=config.seed))
+    final = train_head(init, work_dir / "lsmseg", config, train_set)
+    after_train = time.perf_counter()
+
+    model = load_checkpoint(final)
+    test_set = DATASETS[TEST_DATASET](None)
+    if config.test_images is not None:
+        test_set = SyntheticScenes("test", num_images=config.test_images)
+    evaluation = evaluate_prompts(model, test_set, progress=progress)
+    after_evaluate = time.perf_counter()
+
+    summary = {
+        "seen_classes": len(SEEN_CLASSES),
+        "unseen_classes": len(UNSEEN_CLASSES),
+        **{f"{prompts}_{key}": evaluation[prompts][key] for prompts in evaluation for key in (
+            "mIoU_seen", "mIoU_unseen", "hIoU")},
+    }
+    extra = {
+        "demo": {
+            "command": "python -m training.demo",
+            "seed": config.seed,
+            "test": TEST_DATASET,
+            **summary,
+        },
+        **load_checkpoint_extra(final),
+    }
+    output = save_checkpoint(model, output, extra=extra)
+    figure = example_figure(model, test_set, pick_example(test_set), report_dir / "demo_example.png")
+    total = time.perf_counter() - started
+    report = {
+        "command": "python -m training.demo",
+        "machine": f"{platform.machine()}, torch {torch.__version__}",
+        "config": dataclasses.asdict(config),
+        "checkpoint": str(output.relative_to(ROOT) if output.is_relative_to(ROOT) else output),
+        "checkpoint_mb": output.stat().st_size / 2**20,
+        "figure": str(figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure),
+        "pretraining": pretrain_summary,
+        "seconds": {
+            "clip_pretrain": pretrain_summary["clip"]["seconds"],
+            "sam_pretrain": pretrain_summary["sam"]["seconds"],
+            "pretrain_total": after_pretrain - started,
+            "train": after_train - after_pretrain,
+            "evaluate": after_evaluate - after_train,
+            "total": total,
+        },
+        "evaluation": evaluation,
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "demo_report.json").write_text(json.dumps(report, indent=1))
+    (report_dir / "demo_report.md").write_text(markdown_report(report))
+    return report
+
+
+def load_checkpoint_extra(path: Path) -> dict[str, Any]:
+    from model import read_metadata
+
+    return read_metadata(path)["extra"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output", type=Path, default=DEMO_CHECKPOINT, help="checkpoint to write")
+    parser.add_argument("--report-dir", type=Path, default=REPORT_DIR, help="report and figure folder")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "demo", help="intermediate files")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    config = DemoConfig(seed=args.seed, threads=args.threads)
+    report = run(config, args.output, args.report_dir, args.work_dir, progress=not args.no_progress)
+    print(markdown_report(report))
+
+
+if __name__ == "__main__":
+    main()
