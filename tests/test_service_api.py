@@ -20,6 +20,7 @@ from service_server import ServiceProcess, image_bytes
 
 from prompt_cache import Bank
 from service.client import LSMSegClient, LSMSegError, read_label_png
+from service.settings import DEFAULT_CHECKPOINT
 
 MAX_REQUEST_BYTES = 4 * 2**20
 
@@ -64,10 +65,12 @@ def test_health_and_readiness_name_the_model_and_redis(api, server):
     ready = api.readiness()
     assert ready["status"] == "ready"
     assert ready["redis"] == "up"
-    # No checkpoint is configured in tests: the random fallback must say so.
-    assert ready["model"]["name"] == "tiny"
-    assert ready["model"]["source"] == "random-fallback" and ready["model"]["random_weights"] is True
-    assert "RANDOM weights" in server.log_path.read_text()  # and the log shouts it
+    # No model is configured in tests: the worker serves the committed demo checkpoint.
+    model = ready["model"]
+    assert model["name"] == "demo" and model["source"] == "checkpoint" and model["random_weights"] is False
+    assert model["path"] == str(DEFAULT_CHECKPOINT)
+    assert (model["image_size"], model["prompts_per_class"]) == (96, 5)
+    assert "RANDOM weights" not in server.log_path.read_text()
 
 
 def test_docs_and_openapi_are_served(http):

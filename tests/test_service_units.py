@@ -15,10 +15,11 @@ from service.batcher import Batcher
 from service.client import read_label_png
 from service.errors import ApiError
 from service.images import decode_base64_image, decode_image
+from service.loader import FALLBACK_PRESET, load_model, plan_model
 from service.masks import class_rle, label_png, overlay_png, palette
 from service.metrics import Metrics
 from service.routes import _prefers_png
-from service.settings import Settings
+from service.settings import DEFAULT_CHECKPOINT, Settings
 
 
 @pytest.mark.parametrize(("num_classes", "mode"), [(2, "P"), (256, "P"), (257, "I;16"), (4096, "I;16")])
@@ -111,6 +112,30 @@ def test_settings_reject_two_model_sources(monkeypatch):
     monkeypatch.setenv("LSMSEG_PRESET", "tiny")
     with pytest.raises(ValueError, match="not both"):
         Settings()
+
+
+def test_no_configuration_means_the_demo_checkpoint(monkeypatch):
+    for name in ("LSMSEG_CHECKPOINT", "LSMSEG_PRESET", "LSMSEG_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    plan = plan_model(Settings())
+    assert (plan.source, plan.checkpoint, plan.preset) == ("checkpoint", DEFAULT_CHECKPOINT, None)
+    assert not plan.random_weights
+
+
+def test_without_the_demo_checkpoint_a_random_tiny_model_is_served_with_a_loud_warning(
+    monkeypatch, tmp_path, caplog
+):
+    for name in ("LSMSEG_CHECKPOINT", "LSMSEG_PRESET", "LSMSEG_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("service.loader.DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
+    plan = plan_model(Settings())
+    assert (plan.source, plan.checkpoint, plan.preset) == ("random-fallback", None, FALLBACK_PRESET)
+    assert plan.random_weights
+    with caplog.at_level("WARNING", logger="service.loader"):
+        model, info = load_model(plan, Settings(device="cpu"))
+    assert "RANDOM weights" in caplog.text and "absent.safetensors" in caplog.text
+    assert model.config.name == FALLBACK_PRESET == "tiny"
+    assert (info.source, info.random_weights) == ("random-fallback", True)
 
 
 # Batcher ----------------------------------------------------------------------------------------------------
