@@ -1,0 +1,134 @@
+"""The paper's ablations (Tables 2, 4, 5, 6) in miniature: seen / unseen mIoU on the synthetic test split.
+
+    python -m training.demo            # first: the demo checkpoint and runs/demo/init.safetensors
+    python benchmarks/ablations.py     # then this (about an hour on 2 CPU cores)
+
+- Table 4, CFM k ∈ {4, 8, 16, all}: inference only, on checkpoints/demo.safetensors.
+- Table 2, prompts: attribute vs template prompts at inference on the demo checkpoint, and a pair of short
+  trainings that train and evaluate with one kind each (the paper's setting).
+- Table 5, SAM: with vs without SAM features (fusion "none": no SAM encoder at all); short trainings.
+- Table 6, fusion: weight generator vs mean vs concat; short trainings.
+Short trainings start the head from the demo run's pretrained backbones (its init checkpoint) and run
+`--iterations` steps (default: half the demo's schedule); everything else is the demo's.
+Prints a Markdown table and writes JSON (benchmarks/results/ablations.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import build_model, load_checkpoint, save_checkpoint
+from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
+from training.demo import DEMO_CHECKPOINT, ROOT, TEST_DATASET, DemoConfig, RenderedDataset, train_head
+from training.evaluate import EvaluationOptions, evaluate_dataset
+
+RESULTS = Path(__file__).parent / "results" / "ablations.json"
+
+
+def variant_init(init: Path, fusion: str, folder: Path) -> Path:
+    """The demo's pretrained backbones in a model whose head uses `fusion` ("none": no SAM encoder)."""
+    base = load_checkpoint(init)
+    config = base.config.replace(
+        head=dataclasses.replace(base.config.head, fusion=fusion),
+        sam=None if fusion == "none" else base.config.sam,
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    model.clip.load_state_dict(base.clip.state_dict())
+    if model.sam is not None:
+        model.sam.load_state_dict(base.sam.state_dict())
+    return save_checkpoint(model, folder / f"init-{fusion}.safetensors", extra={"stage": "ablation init"})
+
+
+def score(model: Any, dataset: Any, prompts: str = "bank", k: int | None = None) -> dict[str, float]:
+    options = EvaluationOptions(prompts=prompts, k=k, batch_size=8)
+    result = evaluate_dataset(model, dataset, TEST_DATASET, options, seen_names=SEEN_CLASSES, device="cpu")
+    return {key: result[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "cfm_recall")}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| paper table | variant | training | mIoU seen | mIoU unseen | hIoU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [f"{100 * row[key]:.1f}" for key in ("mIoU_seen", "mIoU_unseen", "hIoU")]
+        lines.append(f"| {row['table']} | {row['variant']} | {row['training']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT)
+    parser.add_argument("--init", type=Path, default=ROOT / "runs" / "demo" / "init.safetensors",
+                        help="the demo run's pretrained-backbone checkpoint")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "ablations")
+    parser.add_argument("--iterations", type=int, default=DemoConfig().iterations // 2)
+    parser.add_argument("--test-images", type=int, default=None, help="default: the whole test split")
+    parser.add_argument("--skip-training", action="store_true", help="inference-only rows")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    test = SyntheticScenes("test", num_images=args.test_images or 500)
+    demo = load_checkpoint(args.checkpoint)
+    demo_config = DemoConfig()
+    full = f"demo ({demo_config.iterations} it)"
+    rows: list[dict[str, Any]] = []
+
+    def add(table: str, variant: str, training: str, scores: dict[str, float]) -> None:
+        rows.append({"table": table, "variant": variant, "training": training, **scores})
+        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+
+    every = len(test.classes)  # k ≥ C keeps every class (k=None would mean the model's default)
+    for k in (4, 8, 16, every):
+        label = f"k = all ({k})" if k == every else f"k = {k}"
+        add("4 (CFM)", label + (" (default)" if k == demo.config.cfm_k else ""), full, score(demo, test, k=k))
+    add("2 (prompts)", "template prompts at inference", full, score(demo, test, prompts="template"))
+
+    if not args.skip_training:
+        if not args.init.is_file():
+            raise SystemExit(f"{args.init} is missing: run `python -m training.demo` first")
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        short = f"short ({args.iterations} it)"
+        train_set = RenderedDataset(SyntheticScenes("train", num_images=demo_config.train_images))
+        config = dataclasses.replace(demo_config, iterations=args.iterations)
+        results: dict[tuple[str, str], dict[str, float]] = {}
+        for fusion, prompts in (("weight", "bank"), ("weight", "template"), ("none", "bank"),
+                                ("mean", "bank"), ("concat", "bank")):
+            init = variant_init(args.init, fusion, args.work_dir)
+            output = args.work_dir / f"{fusion}-{prompts}"
+            final = train_head(init, output, config, train_set, prompts=prompts)
+            results[fusion, prompts] = score(load_checkpoint(final), test, prompts=prompts)
+        add("2 (prompts)", "attribute prompts (train + test)", short, results["weight", "bank"])
+        add("2 (prompts)", "template prompts (train + test)", short, results["weight", "template"])
+        add("5 (SAM)", "without SAM (fusion none)", short, results["none", "bank"])
+        add("5 (SAM)", "with SAM (weight generator)", short, results["weight", "bank"])
+        for fusion, label in (("mean", "mean"), ("concat", "concat"), ("weight", "weight generator")):
+            add("6 (fusion)", label, short, results[fusion, "bank"])
+
+    print()
+    print(markdown(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "test": f"{TEST_DATASET} ({len(test)} scenes)",
+        "checkpoint": str(args.checkpoint),
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+    }, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
