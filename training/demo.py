@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from model import LSMSeg, Segmenter, build_model, get_config, load_checkpoint, save_checkpoint
+from model import LSMSeg, Segmenter, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
 from training.datasets.base import IGNORE_INDEX, Sample
 from training.datasets.registry import DATASETS
 from training.datasets.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
@@ -295,7 +295,7 @@ def run(config: DemoConfig, output: Path, report_dir: Path, work_dir: Path, prog
             "test": TEST_DATASET,
             **summary,
         },
-        **load_checkpoint_extra(final),
+        **read_metadata(final)["extra"],  # the Trainer's record: classes, prompt sources, iterations
     }
     output = save_checkpoint(model, output, extra=extra)
     figure = example_figure(model, test_set, pick_example(test_set), report_dir / "demo_example.png")
@@ -322,12 +322,6 @@ def run(config: DemoConfig, output: Path, report_dir: Path, work_dir: Path, prog
     (report_dir / "demo_report.json").write_text(json.dumps(report, indent=1))
     (report_dir / "demo_report.md").write_text(markdown_report(report))
     return report
-
-
-def load_checkpoint_extra(path: Path) -> dict[str, Any]:
-    from model import read_metadata
-
-    return read_metadata(path)["extra"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
