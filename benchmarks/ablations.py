@@ -25,9 +25,16 @@ from typing import Any
 import torch
 
 from model import build_model, load_checkpoint, save_checkpoint
-from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
-from training.demo import DEMO_CHECKPOINT, ROOT, TEST_DATASET, DemoConfig, RenderedDataset, train_head
-from training.evaluate import EvaluationOptions, evaluate_dataset
+from training.datasets.synthetic import SyntheticScenes
+from training.demo import (
+    DEMO_CHECKPOINT,
+    ROOT,
+    TEST_DATASET,
+    DemoConfig,
+    RenderedDataset,
+    evaluate_test,
+    train_head,
+)
 
 RESULTS = Path(__file__).parent / "results" / "ablations.json"
 
@@ -48,8 +55,7 @@ def variant_init(init: Path, fusion: str, folder: Path) -> Path:
 
 
 def score(model: Any, dataset: Any, prompts: str = "bank", k: int | None = None) -> dict[str, float]:
-    options = EvaluationOptions(prompts=prompts, k=k, batch_size=8)
-    result = evaluate_dataset(model, dataset, TEST_DATASET, options, seen_names=SEEN_CLASSES, device="cpu")
+    result = evaluate_test(model, dataset, prompts, k)
     return {key: result[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "cfm_recall")}
 
 

@@ -141,17 +141,21 @@ def train_head(
     return final
 
 
+def evaluate_test(
+    model: LSMSeg, dataset: Any, prompts: str = "bank", k: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Seen/unseen scores of the synthetic test split with one kind of prompts ("bank": the descriptions)."""
+    options = EvaluationOptions(prompts=prompts, k=k, batch_size=8)
+    return evaluate_dataset(
+        model, dataset, TEST_DATASET, options, seen_names=SEEN_CLASSES, device="cpu", progress=progress
+    )
+
+
 def evaluate_prompts(
     model: LSMSeg, dataset: Any, k: int | None = None, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Seen/unseen scores with attribute prompts ("bank": the dataset's descriptions) and plain templates."""
-    results = {}
-    for prompts in ("bank", "template"):
-        options = EvaluationOptions(prompts=prompts, k=k, batch_size=8)
-        results[prompts] = evaluate_dataset(
-            model, dataset, TEST_DATASET, options, seen_names=SEEN_CLASSES, device="cpu", progress=progress
-        )
-    return results
+    """`evaluate_test` with attribute prompts and with plain templates."""
+    return {prompts: evaluate_test(model, dataset, prompts, k, progress) for prompts in ("bank", "template")}
 
 
 # Figure ----------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,6 @@ from model.sam_backbone import SamBackbone
 from prompt_cache.prompts import TEMPLATES
 from training.datasets.synthetic import (
     CLASSES,
-    UNSEEN_CLASSES,
     ObjectCaptions,
     Scene,
     SyntheticScenes,
@@ -250,9 +249,7 @@ class ClipPretrainer:
         self.scheduler.step()
         return {"loss": loss.item(), **{name: value.item() for name, value in parts.items()}}
 
-    def fit(
-        self, bank: SceneBank, progress: bool = True, log: Callable[[dict], None] | None = None
-    ) -> list[dict]:
+    def fit(self, bank: SceneBank, progress: bool = True) -> list[dict]:
         history = []
         self.model.train()
         batches = _batches(len(bank), self.train_config.batch_size, self.generator)
@@ -261,8 +258,6 @@ class ClipPretrainer:
             record = {"step": step, **self.step(bank, next(batches))}
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if log is not None:
-                log(record)
         self.model.eval()
         return history
 
@@ -360,7 +355,6 @@ class SamPretrainer:
 
 
 __all__ = [
-    "UNSEEN_CLASSES",
     "ClipPretrainConfig",
     "ClipPretrainer",
     "SamPretrainConfig",
