@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model import LSMSeg, save_checkpoint
@@ -25,6 +26,16 @@ def test_cfm_recall_is_one_when_every_class_is_kept(tiny_model: LSMSeg, test_sce
     assert 0.0 <= everything["mIoU"] <= 1.0 and 0.0 <= everything["pAcc"] <= 1.0
     one = evaluate_dataset(tiny_model, test_scenes, "synthetic-test", EvaluationOptions(k=1), progress=False)
     assert one["cfm_recall"] < 1.0 and one["cfm_k"] == 1
+    assert "confusion" not in one
+
+
+def test_confusion_counts_every_labelled_pixel(tiny_model: LSMSeg, test_scenes) -> None:
+    options = EvaluationOptions(k=100, confusion=True)
+    result = evaluate_dataset(tiny_model, test_scenes, "synthetic-test", options, progress=False)
+    confusion = np.array(result["confusion"])
+    assert confusion.shape == (len(test_scenes.classes),) * 2
+    assert confusion.sum() == sum((sample.label >= 0).sum() for sample in test_scenes)
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(result["pAcc"])
 
 
 def test_seen_unseen_split_and_prompt_source(tiny_model: LSMSeg, test_scenes) -> None:

@@ -23,6 +23,7 @@ from training.datasets.synthetic import (
     caption,
     describe,
     instance_boundaries,
+    object_attribute_accuracy,
     render,
 )
 from training.datasets.synthetic_render import COLOUR_RGB, draw_object
@@ -183,3 +184,18 @@ def test_object_captions() -> None:
     assert not {seen_only[index].text for index in range(100)} & set(UNSEEN_CLASSES)
     with pytest.raises(ValueError):
         ObjectCaptions(classes=["green dragon"])
+
+
+def test_object_attribute_accuracy_splits_object_pixels_by_what_went_wrong() -> None:
+    index = {name: i for i, name in enumerate(CLASSES)}
+    confusion = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    confusion[index["red star"], index["red star"]] = 2
+    confusion[index["red star"], index["red circle"]] = 3  # right colour, wrong shape
+    confusion[index["red star"], index["blue star"]] = 1  # right shape, wrong colour
+    confusion[index["red star"], index["grass"]] = 4  # taken for background
+    confusion[index["blue ring"], index["blue ring"]] = 10
+    confusion[index["grass"], index["red star"]] = 1000  # background pixels do not count
+    scores = object_attribute_accuracy(confusion, CLASSES)
+    assert scores == pytest.approx({"exact": 12 / 20, "colour": 15 / 20, "shape": 13 / 20, "stuff": 4 / 20})
+    with pytest.raises(ValueError, match="no pixels of a thing class"):
+        object_attribute_accuracy(np.zeros((len(CLASSES), len(CLASSES))), CLASSES)

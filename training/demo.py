@@ -30,7 +30,13 @@ from PIL import Image, ImageDraw, ImageFont
 from model import LSMSeg, Segmenter, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
 from training.datasets.base import IGNORE_INDEX, Sample
 from training.datasets.registry import DATASETS
-from training.datasets.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
+from training.datasets.synthetic import (
+    SEEN_CLASSES,
+    SHAPES,
+    UNSEEN_CLASSES,
+    SyntheticScenes,
+    object_attribute_accuracy,
+)
 from training.evaluate import EvaluationOptions, evaluate_dataset, markdown_table
 from training.pretrain import (
     ClipPretrainConfig,
@@ -144,11 +150,14 @@ def train_head(
 def evaluate_test(
     model: LSMSeg, dataset: Any, prompts: str = "bank", k: int | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Seen/unseen scores of the synthetic test split with one kind of prompts ("bank": the descriptions)."""
-    options = EvaluationOptions(prompts=prompts, k=k, batch_size=8)
-    return evaluate_dataset(
+    """Seen/unseen scores of the synthetic test split with one kind of prompts ("bank": the descriptions),
+    and where object pixels go ("objects": right class, colour, shape, or background)."""
+    options = EvaluationOptions(prompts=prompts, k=k, batch_size=8, confusion=True)
+    result = evaluate_dataset(
         model, dataset, TEST_DATASET, options, seen_names=SEEN_CLASSES, device="cpu", progress=progress
     )
+    result["objects"] = object_attribute_accuracy(result.pop("confusion"), dataset.classes)
+    return result
 
 
 def evaluate_prompts(
@@ -238,6 +247,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         rows.append(f"| {label} | " + " | ".join(_percent(v) for v in cells) + " |")
     unseen_iou = scores["bank"]["per_class_iou"]
     per_class = ", ".join(f"{name} {_percent(unseen_iou[name])}" for name in UNSEEN_CLASSES)
+    objects = scores["bank"]["objects"]
     timing = report["seconds"]
     return "\n".join(
         [
@@ -257,6 +267,11 @@ def markdown_report(report: dict[str, Any]) -> str:
             *rows,
             "",
             f"Unseen classes, IoU with attribute prompts: {per_class}.",
+            "",
+            f"Object pixels (all 48 colour–shape classes), attribute prompts: {_percent(objects['exact'])} % "
+            f"get the exact class, {_percent(objects['colour'])} % the right colour, "
+            f"{_percent(objects['shape'])} % the right shape (chance given the colour: "
+            f"{_percent(1 / len(SHAPES))} %), {_percent(objects['stuff'])} % a background class.",
             "",
             markdown_table([scores["bank"], scores["template"]]),
             "",

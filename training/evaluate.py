@@ -39,6 +39,7 @@ class EvaluationOptions:
     batch_size: int = 4
     limit: int | None = None  # evaluate the first N images only
     require_gt: bool = True  # detectron2's convention, which published OVSS numbers use
+    confusion: bool = False  # add the C×C pixel counts (ground truth × prediction) as "confusion"
 
 
 def prompt_classes(dataset_name: str, classes: Sequence[str]) -> list[str]:
@@ -98,6 +99,8 @@ def evaluate_dataset(
         cfm_k=options.k or model.config.cfm_k,
         cfm_recall=kept_gt / total_gt if total_gt else float("nan"),
     )
+    if options.confusion:
+        summary["confusion"] = matrix.matrix.tolist()
     return summary
 
 

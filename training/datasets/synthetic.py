@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from prompt_cache.prompt_bank import ATTRIBUTES as PROMPT_ATTRIBUTES
 from training.datasets.base import Sample
@@ -149,6 +150,27 @@ def attribute_prompts(name: str) -> list[str]:
     PromptBuilder's "user" descriptions."""
     sentences = describe(name)
     return [sentences[key] for key in PROMPT_ATTRIBUTES]
+
+
+def object_attribute_accuracy(confusion: ArrayLike, classes: Sequence[str]) -> dict[str, float]:
+    """Where the pixels of thing classes go, from a confusion matrix (ground truth × prediction) over
+    `classes`: shares predicted as the exact class, with the right colour, with the right shape, and as a
+    stuff class. Chance for shape given the colour is 1 / len(SHAPES)."""
+    counts = np.asarray(confusion, dtype=np.float64)
+    is_thing = np.array([name in THING_CLASSES for name in classes])
+    words = np.array([name.split() if name in THING_CLASSES else ["", ""] for name in classes])
+    rows = counts[is_thing]  # thing ground truth × every prediction
+    total = rows.sum()
+    if total == 0:
+        raise ValueError("the confusion matrix has no pixels of a thing class")
+    same_colour = words[is_thing, None, 0] == words[None, :, 0]  # "" (stuff) never equals a colour word
+    same_shape = words[is_thing, None, 1] == words[None, :, 1]
+    return {
+        "exact": float(np.diag(counts)[is_thing].sum() / total),
+        "colour": float((rows * same_colour).sum() / total),
+        "shape": float((rows * same_shape).sum() / total),
+        "stuff": float(rows[:, ~is_thing].sum() / total),
+    }
 
 
 # Scenes ---------------------------------------------------------------------------------------------------
