@@ -3,7 +3,8 @@
     python -m training.demo            # first: the demo checkpoint and runs/demo/init.safetensors
     python benchmarks/ablations.py     # then this (about an hour on 2 CPU cores)
 
-- Table 4, CFM k ∈ {4, 8, 16, all}: inference only, on checkpoints/demo.safetensors.
+- Table 4, CFM k ∈ {4, 8, 16, all}: inference only, on checkpoints/demo.safetensors; and a pair of short
+  trainings with the CFM (the demo's training k) and without it (every seen class), with their training time.
 - Table 2, prompts: attribute vs template prompts at inference on the demo checkpoint, and a pair of short
   trainings that train and evaluate with one kind each (the paper's setting).
 - Table 5, SAM: with vs without SAM features (fusion "none": no SAM encoder at all); short trainings.
@@ -110,19 +111,29 @@ def main() -> None:
         short = f"short ({args.iterations} it)"
         train_set = RenderedDataset(SyntheticScenes("train", num_images=demo_config.train_images))
         config = dataclasses.replace(demo_config, iterations=args.iterations)
-        results: dict[tuple[str, str], dict[str, float]] = {}
-        for fusion, prompts in (("weight", "bank"), ("weight", "template"), ("none", "bank"),
-                                ("mean", "bank"), ("concat", "bank")):
+        results: dict[tuple[str, str, int], dict[str, float]] = {}
+        train_k, every_seen = demo_config.train_k, len(train_set.classes)
+        for fusion, prompts, k in (("weight", "bank", train_k), ("weight", "template", train_k),
+                                   ("none", "bank", train_k), ("mean", "bank", train_k),
+                                   ("concat", "bank", train_k), ("weight", "bank", every_seen)):
             init = variant_init(args.init, fusion, args.work_dir)
-            output = args.work_dir / f"{fusion}-{prompts}"
-            final = train_head(init, output, config, train_set, prompts=prompts)
-            results[fusion, prompts] = score(load_checkpoint(final), test, prompts=prompts)
-        add("2 (prompts)", "attribute prompts (train + test)", short, results["weight", "bank"])
-        add("2 (prompts)", "template prompts (train + test)", short, results["weight", "template"])
-        add("5 (SAM)", "without SAM (fusion none)", short, results["none", "bank"])
-        add("5 (SAM)", "with SAM (weight generator)", short, results["weight", "bank"])
+            output = args.work_dir / f"{fusion}-{prompts}-k{k}"
+            train_started = time.perf_counter()
+            final = train_head(init, output, config, train_set, prompts=prompts, cfm_k=k)
+            minutes = (time.perf_counter() - train_started) / 60
+            results[fusion, prompts, k] = {**score(load_checkpoint(final), test, prompts=prompts),
+                                           "train_minutes": minutes}
+        default = results["weight", "bank", train_k]
+        for k, label in ((train_k, f"CFM in training, k = {train_k} (default)"),
+                         (every_seen, f"no CFM in training (k = all {every_seen})")):
+            minutes = results["weight", "bank", k]["train_minutes"]
+            add("4 (CFM)", f"{label}: {minutes:.1f} min", short, results["weight", "bank", k])
+        add("2 (prompts)", "attribute prompts (train + test)", short, default)
+        add("2 (prompts)", "template prompts (train + test)", short, results["weight", "template", train_k])
+        add("5 (SAM)", "without SAM (fusion none)", short, results["none", "bank", train_k])
+        add("5 (SAM)", "with SAM (weight generator)", short, default)
         for fusion, label in (("mean", "mean"), ("concat", "concat"), ("weight", "weight generator")):
-            add("6 (fusion)", label, short, results[fusion, "bank"])
+            add("6 (fusion)", label, short, results[fusion, "bank", train_k])
 
     print()
     print(markdown(rows))
