@@ -1,7 +1,7 @@
 """The paper's ablations (Tables 2, 4, 5, 6) in miniature: seen / unseen mIoU on the synthetic test split.
 
     python -m training.demo            # first: the demo checkpoint and runs/demo/init.safetensors
-    python benchmarks/ablations.py     # then this (about an hour on 2 CPU cores)
+    python benchmarks/ablations.py     # then this (about 28 minutes on 2 CPU cores)
 
 - Table 4, CFM k ∈ {4, 8, 16, all}: inference only, on checkpoints/demo.safetensors; and a pair of short
   trainings with the CFM (the demo's training k) and without it (every seen class), with their training time.
