@@ -113,10 +113,13 @@ def main() -> None:
         config = dataclasses.replace(demo_config, iterations=args.iterations)
         results: dict[tuple[str, str, int], dict[str, float]] = {}
         train_k, every_seen = demo_config.train_k, len(train_set.classes)
+        inits: dict[str, Path] = {}  # one initial checkpoint per fusion, shared by its trainings
         for fusion, prompts, k in (("weight", "bank", train_k), ("weight", "template", train_k),
                                    ("none", "bank", train_k), ("mean", "bank", train_k),
                                    ("concat", "bank", train_k), ("weight", "bank", every_seen)):
-            init = variant_init(args.init, fusion, args.work_dir)
+            if fusion not in inits:
+                inits[fusion] = variant_init(args.init, fusion, args.work_dir)
+            init = inits[fusion]
             output = args.work_dir / f"{fusion}-{prompts}-k{k}"
             train_started = time.perf_counter()
             final = train_head(init, output, config, train_set, prompts=prompts, cfm_k=k)
