@@ -38,6 +38,17 @@ def demo_model():
     return load_checkpoint(DEMO)
 
 
+@pytest.fixture(scope="module")
+def test_scenes() -> SyntheticScenes:
+    return SyntheticScenes("test", num_images=24)
+
+
+@pytest.fixture(scope="module")
+def demo_scores(demo_model, test_scenes) -> dict:
+    """The demo checkpoint's scores on the test scenes at its default CFM k, shared by the tests below."""
+    return evaluate_test(demo_model, test_scenes, progress=False)
+
+
 def test_demo_checkpoint_is_small_and_has_the_demo_config() -> None:
     assert DEMO.stat().st_size <= 30 * 2**20
     metadata = read_metadata(DEMO)
@@ -49,9 +60,8 @@ def test_demo_checkpoint_is_small_and_has_the_demo_config() -> None:
     assert metadata["extra"]["prompt_sources"]["user"] == len(SEEN_CLASSES)
 
 
-def test_demo_checkpoint_segments_unseen_test_scenes(demo_model) -> None:
-    scenes = SyntheticScenes("test", num_images=24)
-    result = evaluate_test(demo_model, scenes, progress=False)
+def test_demo_checkpoint_segments_unseen_test_scenes(demo_scores) -> None:
+    result = demo_scores
     assert result["prompt_sources"]["user"] == 58
     assert result["mIoU"] > MIOU_FLOOR
     assert result["mIoU_unseen"] > UNSEEN_FLOOR
@@ -62,12 +72,13 @@ def test_demo_checkpoint_segments_unseen_test_scenes(demo_model) -> None:
     assert objects["colour"] > COLOUR_FLOOR
 
 
-def test_demo_checkpoint_keeps_its_scores_when_every_class_is_kept(demo_model) -> None:
+def test_demo_checkpoint_keeps_its_scores_when_every_class_is_kept(
+    demo_model, test_scenes, demo_scores
+) -> None:
     # Trained on every seen class (no CFM in training), the head copes with all 58 classes at inference: here
     # 0.312 mIoU against 0.314 at the default k = 16. The earlier k = 8-trained head fell to 0.157 (0.292).
-    scenes = SyntheticScenes("test", num_images=24)
-    filtered = evaluate_test(demo_model, scenes, progress=False)
-    unfiltered = evaluate_test(demo_model, scenes, k=len(scenes.classes), progress=False)
+    filtered = demo_scores
+    unfiltered = evaluate_test(demo_model, test_scenes, k=len(test_scenes.classes), progress=False)
     assert (filtered["cfm_k"], unfiltered["cfm_k"]) == (16, 58)
     assert unfiltered["mIoU"] > 0.9 * filtered["mIoU"]
     assert unfiltered["mIoU_unseen"] > UNSEEN_FLOOR
