@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import ClipConfig
+from model.conv_stem import ConvStem
 
 
 @dataclass
@@ -26,16 +27,24 @@ def _zero_key_rows(grad: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def build_open_clip(config: ClipConfig, image_size: int) -> open_clip.model.CLIP:
+    """open_clip's CLIP for `config` (random weights), with the convolutional stem where it asks for one."""
+    model = open_clip.model.CLIP(
+        embed_dim=config.embed_dim,
+        vision_cfg={**config.vision, "image_size": image_size},
+        text_cfg=config.text,
+        quick_gelu=config.quick_gelu,
+    )
+    if config.conv_stem:
+        model.visual.conv1 = ConvStem(config.conv_stem, config.width)
+    return model
+
+
 class ClipBackbone(nn.Module):
     def __init__(self, config: ClipConfig, image_size: int) -> None:
         super().__init__()
         self.config = config
-        self.model = open_clip.model.CLIP(
-            embed_dim=config.embed_dim,
-            vision_cfg={**config.vision, "image_size": image_size},
-            text_cfg=config.text,
-            quick_gelu=config.quick_gelu,
-        )
+        self.model = build_open_clip(config, image_size)
         self.tokenizer = open_clip.get_tokenizer(
             config.tokenizer, context_length=config.text["context_length"]
         )

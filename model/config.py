@@ -34,6 +34,16 @@ class ClipConfig:
     tokenizer: str = "ViT-B-16"  # open_clip tokenizer name (all OpenAI CLIPs share one BPE vocabulary)
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
+    # Channels of a convolutional stem in place of the patch projection, one stride-2 stage each (so
+    # 2 ** len == patch_size); empty for the official architectures. See model/conv_stem.py.
+    conv_stem: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
+            raise ValueError(
+                f"a conv stem of {len(self.conv_stem)} stride-2 stages has stride "
+                f"{2 ** len(self.conv_stem)}, not the patch size {self.patch_size}"
+            )
 
     @property
     def width(self) -> int:
@@ -122,6 +132,7 @@ class LSMSegConfig:
         clip = raw.pop("clip")
         clip["guidance_layers"] = tuple(clip["guidance_layers"])
         clip["mean"], clip["std"] = tuple(clip["mean"]), tuple(clip["std"])
+        clip["conv_stem"] = tuple(clip.get("conv_stem", ()))  # absent in checkpoints written before it
         sam = raw.pop("sam")
         if sam is not None:
             sam["global_attn_indexes"] = tuple(sam["global_attn_indexes"])

@@ -42,9 +42,26 @@ def test_round_trip_gives_identical_logits(tiny_model: LSMSeg, tiny_text, tmp_pa
 
 
 def test_config_survives_json(tmp_path: Path) -> None:
-    for name in ("tiny", "vit-b16-sam-l", "vit-l14-sam-l"):
+    for name in ("tiny", "demo", "vit-b16-sam-l", "vit-l14-sam-l"):
         config = get_config(name)
         assert type(config).from_json(config.to_json()) == config
+
+
+def test_conv_stem_checkpoint_round_trip_and_configs_written_before_the_stem(tmp_path: Path) -> None:
+    config = get_config("tiny")
+    config.clip.conv_stem = (8, 16, 32)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "stem.safetensors"))
+    assert loaded.config.clip.conv_stem == (8, 16, 32)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model.clip_features(x).dense
+        torch.testing.assert_close(loaded.clip_features(x).dense, expected, atol=0, rtol=0)
+    # A config JSON without the field (checkpoints written before it) reads as "no stem".
+    raw = json.loads(get_config("tiny").to_json())
+    del raw["clip"]["conv_stem"]
+    assert type(config).from_json(json.dumps(raw)).clip.conv_stem == ()
 
 
 def test_official_sam_weights_are_left_out_and_then_required(tiny_model: LSMSeg, tmp_path: Path) -> None:

@@ -230,3 +230,45 @@ def test_trainable_parameters_are_exactly_head_and_clip_query_value() -> None:
     assert [g["name"] for g in groups] == ["head", "clip_qv"]
     assert groups[1]["lr"] == pytest.approx(2e-6) and groups[1]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(trainable)
+
+
+def conv_stem_config():
+    config = get_config("tiny")
+    config.clip.conv_stem = (8, 16, 32)  # three stride-2 stages = the tiny preset's patch 8
+    return config
+
+
+def test_conv_stem_replaces_the_patch_projection_in_every_forward() -> None:
+    torch.manual_seed(0)
+    model = build_model(conv_stem_config()).eval()
+    visual = model.clip.model.visual
+    stem = visual.conv1
+    assert stem.stride == 8 and [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [
+        (2, 2), (1, 1), (2, 2), (1, 1), (2, 2), (1, 1), (1, 1)
+    ]
+    x = images()
+    normalised = (x - model.clip.mean) / model.clip.std
+    with torch.no_grad():
+        patches = stem(normalised)
+        features = model.clip_features(x)
+        visual.output_tokens = True
+        try:
+            _, tokens = visual(normalised)
+        finally:
+            visual.output_tokens = False
+    assert patches.shape == (2, 64, 8, 8)  # B×width×(64 / 8)², as the patch projection it replaces
+    assert features.dense.shape == (2, 32, 8, 8)
+    expected = (tokens @ visual.proj).transpose(1, 2).reshape(2, 32, 8, 8)
+    torch.testing.assert_close(features.dense, expected, atol=1e-5, rtol=1e-5)
+    # The stem is part of the frozen CLIP: LSMSeg training tunes only q and v.
+    assert not any(p.requires_grad for p in stem.parameters())
+    # Different stem weights give different features: the stem is really on the path.
+    with torch.no_grad():
+        stem[0].weight.mul_(-1)
+        assert not torch.allclose(model.clip_features(x).dense, features.dense)
+
+
+def test_conv_stem_stride_must_equal_the_patch_size() -> None:
+    config = get_config("tiny")
+    with pytest.raises(ValueError, match="stride 4, not the patch size 8"):
+        type(config.clip)(**{**vars(config.clip), "conv_stem": (8, 16)})

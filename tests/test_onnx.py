@@ -56,3 +56,22 @@ def test_default_providers_prefer_cuda_and_fall_back_to_cpu(tiny_model: LSMSeg, 
     assert segmenter.providers[-1] == "CPUExecutionProvider"
     if not torch.cuda.is_available():
         assert "CUDAExecutionProvider" not in segmenter.providers
+
+
+def test_a_conv_stem_clip_exports_and_matches_torch(tmp_path) -> None:
+    from model import build_model, get_config
+    from model.onnx import export_onnx
+
+    config = get_config("tiny")
+    config.clip.conv_stem = (8, 16, 32)  # the demo CLIP's kind of patch embedding
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    path = export_onnx(model, tmp_path / "stem.onnx")
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 64, 64, generator=generator)
+    text = torch.nn.functional.normalize(torch.randn(10, 2, 32, generator=generator), dim=-1)
+    logits, indices = run(path, images, text)
+    with torch.no_grad():
+        expected = model(images, text, return_selection=True)
+    np.testing.assert_array_equal(indices, expected.indices.numpy())
+    assert np.abs(logits - expected.logits.numpy()).max() <= 1e-3
