@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import training.probe
 from model import get_config, load_checkpoint, read_metadata
 from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
 from training.demo import evaluate_test
@@ -118,7 +119,7 @@ def test_demo_command_help() -> None:
     assert "python -m training.demo" in completed.stdout
 
 
-def test_clip_probe_scores_the_cost_map_alone(demo_model, tmp_path: Path, capsys) -> None:
+def test_clip_probe_scores_the_cost_map_alone(demo_model, tmp_path: Path, capsys, monkeypatch) -> None:
     scenes = SyntheticScenes("test", num_images=16)
     images = torch.from_numpy(np.stack([scenes[0].image, scenes[1].image])).permute(0, 3, 1, 2) / 255
     per_class = demo_model.config.prompts_per_class
@@ -132,8 +133,9 @@ def test_clip_probe_scores_the_cost_map_alone(demo_model, tmp_path: Path, capsys
     assert result["pAcc"] > 0.7
     assert result["objects"]["colour"] > COLOUR_FLOOR
     assert result["objects"]["exact"] <= result["objects"]["shape"]
-    output = tmp_path / "probe.json"
-    probe_main([str(DEMO), "--images", "16", "--output", str(output)])
-    written = json.loads(output.read_text())
+    # Without --output the JSON goes under runs/probe/ (untracked), named after the checkpoint.
+    monkeypatch.setattr(training.probe, "DEFAULT_OUTPUT_DIR", tmp_path / "runs" / "probe")
+    probe_main([str(DEMO), "--images", "16"])
+    written = json.loads((tmp_path / "runs" / "probe" / "demo.json").read_text())
     assert written["objects"] == result["objects"] and written["mIoU_seen"] == result["mIoU_seen"]
     assert f"{100 * result['mIoU_seen']:.1f}" in capsys.readouterr().out

@@ -5,7 +5,7 @@ prompts its patch is most similar to (the cost map's argmax, no head), scored on
     python -m training.probe checkpoints/demo.safetensors  # after it (CLIP q/v tuned)
 
 The head sees a class only through this cost map, so object shape it cannot find here it cannot segment.
-Prints a Markdown table and writes JSON (default: probe.json next to the checkpoint).
+Prints a Markdown table and writes JSON (default: runs/probe/<checkpoint name>.json, outside tracked folders).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes, object_at
 from training.evaluate import seen_indices
 from training.metrics import ConfusionMatrix
 from training.prompts import class_prompts, dataset_descriptions
+
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "runs" / "probe"
 
 
 @torch.inference_mode()
@@ -84,11 +86,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path, help="a demo-preset checkpoint")
     parser.add_argument("--images", type=int, default=500, help="test scenes (the registry's split has 500)")
     parser.add_argument("--prompts", choices=("bank", "template"), default="bank")
-    parser.add_argument("--output", type=Path, help="JSON file (default: probe.json next to the checkpoint)")
+    parser.add_argument("--output", type=Path, help="JSON file (default: runs/probe/<checkpoint name>.json)")
     args = parser.parse_args(argv)
     model = load_checkpoint(args.checkpoint)
     result = probe(model, SyntheticScenes("test", num_images=args.images), args.prompts)
-    output = args.output or args.checkpoint.with_name("probe.json")
+    output = args.output or DEFAULT_OUTPUT_DIR / f"{args.checkpoint.stem}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"checkpoint": str(args.checkpoint), **result}, indent=1))
     print(markdown(result))
 
