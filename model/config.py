@@ -178,12 +178,15 @@ def _demo_clip() -> ClipConfig:
     # Trained from scratch on the synthetic scenes (training/pretrain.py). The token embedding keeps the real
     # 49408-word BPE vocabulary, so any class name tokenizes; at width 64 it is 3.2 M of the model's weights.
     # 48 tokens hold every synthetic description and caption; longer prompts are truncated, never rejected.
+    # A convolutional stem instead of the 8×8 patch projection: without it the tower learns no shape in the
+    # CPU budget (model/conv_stem.py).
     return ClipConfig(
         embed_dim=64,
         vision=dict(layers=6, width=128, head_width=32, patch_size=8),
         text=dict(context_length=48, vocab_size=49408, width=64, heads=4, layers=3),
         quick_gelu=False,
         guidance_layers=(1, 3, 5),
+        conv_stem=(32, 64, 128),
     )
 
 

@@ -60,7 +60,10 @@ TEST_DATASET = "synthetic-test"
 class DemoConfig:
     seed: int = 0
     threads: int = 2
-    pretrain_scenes: int = 3000  # rendered once at the model's input size, shared by both backbones
+    # Rendered once at the model's input size and shared by both backbones: scenes, and single-object
+    # pictures (the close-ups web data is full of, where a caption says what the one object is).
+    pretrain_scenes: int = 8000
+    pretrain_objects: int = 4000
     clip: ClipPretrainConfig = field(default_factory=ClipPretrainConfig)
     sam: SamPretrainConfig = field(default_factory=SamPretrainConfig)
     train_images: int = 4000  # seen-class scenes (128 px, like the registry's "synthetic-train")
@@ -100,7 +103,9 @@ def seed_everything(seed: int) -> None:
 def pretrained_demo_model(config: DemoConfig, image_size: int, progress: bool = True) -> tuple[LSMSeg, dict]:
     """The `demo` preset with freshly pretrained CLIP and SAM weights (the head still random)."""
     preset = get_config("demo")
-    bank = render_scene_bank(config.pretrain_scenes, image_size, progress=progress)
+    bank = render_scene_bank(
+        config.pretrain_scenes, image_size, num_objects=config.pretrain_objects, progress=progress
+    )
     started = time.perf_counter()
     clip = ClipPretrainer(preset.clip, image_size, dataclasses.replace(config.clip, seed=config.seed))
     clip_history = clip.fit(bank, progress=progress)

@@ -1,10 +1,12 @@
 """Tiny backbone pretraining for the demo model, standing in for the web-scale CLIP and SA-1B SAM weights.
 
-CLIP (`ClipPretrainer`): an open_clip `CLIP` trained from scratch on captioned synthetic scenes drawn from
-all 58 classes (real CLIP saw web data covering most concepts, so the unseen classes are in its pretraining
-too). It only ever gets image-level text: a global image–caption InfoNCE, plus a dense image–text term that
-asks each patch to match one of the classes the caption names and each named class to match some patch
-(multiple-instance learning from captions). It never sees a pixel label.
+CLIP (`ClipPretrainer`): an open_clip `CLIP` trained from scratch on captioned synthetic scenes and
+single-object pictures drawn from all 58 classes (real CLIP saw web data covering most concepts, so the unseen
+classes are in its pretraining too). Its text is image-level only: a global image–caption InfoNCE, plus dense
+terms that tie patches to the classes the caption names. Those use class-agnostic segment maps (which pixels
+belong together, not what they are: what SAM-style masks give) for multiple-instance learning over segments:
+each segment shows one of the caption's classes, each named class is shown by some segment, and every patch
+learns the class its segment is matched to. It never sees a class label for a pixel.
 
 SAM (`SamPretrainer`): a segment-anything `ImageEncoderViT` trained on class-agnostic targets (which pixels
 are segment boundaries, and which patches lie in the same segment) with a small throwaway head, then frozen.
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from model.clip_backbone import build_open_clip
 from model.config import ClipConfig, SamConfig
 from model.sam_backbone import SamBackbone
 from prompt_cache.prompts import TEMPLATES
@@ -41,7 +44,6 @@ from training.datasets.synthetic import (
 # share an image with the evaluation split (seed 0). 0.2 makes unseen classes about as frequent as seen ones.
 PRETRAIN_SCENE_SEED = 1001
 PRETRAIN_UNSEEN_FRACTION = 0.2
-_MIN_VISIBLE_PIXELS = 16  # a segment smaller than this is not named in the caption (as in `caption`)
 
 
 # Data ------------------------------------------------------------------------------------------------------
@@ -103,6 +105,7 @@ def patch_segments(segments: torch.Tensor, patch: int) -> torch.Tensor:
 class CropBatch:
     images: torch.Tensor  # B×3×s×s float in [0, 1]
     segments: torch.Tensor  # B×s×s int64
+    patch_ids: torch.Tensor  # B×N int64: the segment covering most of each patch
     captions: list[str]  # what each crop shows, written like the generator's captions
     present: torch.Tensor  # B×C bool: the classes its caption names
     grid_offset: tuple[int, int]  # patch row, column of the crop's top-left corner in the full image
@@ -111,7 +114,8 @@ class CropBatch:
 def sample_crops(
     bank: SceneBank, indices: torch.Tensor, crop: int, patch: int, generator: torch.Generator
 ) -> CropBatch:
-    """One patch-aligned crop position for the batch, a random flip per image; captions of what is visible."""
+    """One patch-aligned crop position for the batch, a random flip per image; captions name the segments
+    that cover most of some patch (what the model can see at its resolution)."""
     size = bank.images.shape[-1]
     cells = (size - crop) // patch + 1
     top, left = (int(v) * patch for v in torch.randint(cells, (2,), generator=generator))
@@ -120,14 +124,39 @@ def sample_crops(
     flip = torch.rand(len(indices), generator=generator) < 0.5
     images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     segments = torch.where(flip[:, None, None], segments.flip(-1), segments)
+    patch_ids = patch_segments(segments, patch)
     present = torch.zeros(len(indices), len(bank.classes), dtype=torch.bool)
     captions = []
     for row, image_index in enumerate(indices.tolist()):
         scene, lookup = bank.scenes[image_index], bank.segment_classes[image_index]
-        captions.append(scene_caption(scene, segments[row].numpy(), _MIN_VISIBLE_PIXELS))
-        counts = torch.bincount(segments[row].flatten(), minlength=len(scene.segment_names) + 1)[1:]
-        present[row, lookup[counts >= _MIN_VISIBLE_PIXELS]] = True
-    return CropBatch(images, segments, captions, present, (top // patch, left // patch))
+        captions.append(scene_caption(scene, patch_ids[row].numpy(), min_pixels=1))
+        counts = torch.bincount(patch_ids[row], minlength=len(scene.segment_names) + 1)[1:]
+        present[row, lookup[counts > 0]] = True
+    return CropBatch(images, segments, patch_ids, captions, present, (top // patch, left // patch))
+
+
+def segment_log_probs(log_probs: torch.Tensor, patch_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch class log-probabilities B×N×C -> each segment's mean B×S×C and its patch count B×S
+    (S = the largest segment id + 1; segments without patches have count 0 and mean 0)."""
+    members = F.one_hot(patch_ids, int(patch_ids.max()) + 1).to(log_probs.dtype)  # B×N×S
+    counts = members.sum(dim=1)
+    sums = torch.einsum("bns,bnc->bsc", members, log_probs)
+    return sums / counts.clamp(min=1)[..., None], counts
+
+
+def match_segments(scores: torch.Tensor, visible: torch.Tensor, named: torch.Tensor) -> torch.Tensor:
+    """The class each segment shows, from scores B×S×C (higher is likelier; -inf for classes its caption does
+    not name): every named class first takes a segment of its own, best-scoring pair first, so one class
+    cannot take every segment; segments left over take their best named class. -1 for invisible segments."""
+    assignment = scores.argmax(dim=-1)
+    for row in range(scores.shape[0]):
+        segments, classes = visible[row].nonzero()[:, 0], named[row].nonzero()[:, 0]
+        pairs = scores[row][segments][:, classes].clone()
+        for _ in range(min(len(segments), len(classes))):
+            segment, column = divmod(int(pairs.argmax()), len(classes))
+            assignment[row, segments[segment]] = classes[column]
+            pairs[segment], pairs[:, column] = float("-inf"), float("-inf")
+    return assignment.masked_fill(~visible, -1)
 
 
 def class_phrasings(name: str) -> list[str]:
@@ -154,26 +183,39 @@ def _cosine_schedule(
 
 
 # CLIP ------------------------------------------------------------------------------------------------------
+def dense_caption_losses(
+    log_p: torch.Tensor, patch_ids: torch.Tensor, present: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Multiple-instance terms from per-patch class log-probabilities B×N×C, the class-agnostic segment of
+    each patch B×N and the classes each caption names B×C."""
+    segment_log_p, counts = segment_log_probs(log_p, patch_ids)
+    visible = counts > 0
+    named = segment_log_p.masked_fill(~present[:, None, :], float("-inf"))
+    # Each segment shows one of the classes its caption names ...
+    segment = -torch.logsumexp(named, dim=-1)[visible].mean()
+    # ... and each named class is shown by some segment.
+    presence = -segment_log_p.masked_fill(~visible[..., None], float("-inf")).amax(dim=1)[present].mean()
+    # Every patch learns the class its segment is matched to, each segment weighing the same (a small object
+    # counts as much as the background around it).
+    target = match_segments(named.detach(), visible, present).gather(1, patch_ids)
+    weight = 1 / counts.gather(1, patch_ids)
+    patch_nll = F.nll_loss(log_p.transpose(1, 2), target, reduction="none")  # B×N
+    patch = (patch_nll * weight).sum() / weight.sum()
+    return {"segment": segment, "presence": presence, "patch": patch}
+
+
 @dataclass
 class ClipPretrainConfig:
-    steps: int = 400
+    # Shape is learnt slowly (after colour): object patches' exact class kept rising through 1500 steps, so
+    # the demo gives CLIP most of its CPU budget (~23 min on 2 cores).
+    steps: int = 2500
     batch_size: int = 48
     crop_size: int = 64  # crops of the bank's images: ViT cost grows with tokens², the pixel scale stays
     lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup: int = 40
+    warmup: int = 100
     dense_weight: float = 1.0  # weight of the caption-level dense terms next to the global InfoNCE
     seed: int = 0
-
-
-def build_clip(config: ClipConfig, image_size: int) -> open_clip.model.CLIP:
-    """The same open_clip CLIP that `model.clip_backbone.ClipBackbone` wraps, with every weight trainable."""
-    return open_clip.model.CLIP(
-        embed_dim=config.embed_dim,
-        vision_cfg={**config.vision, "image_size": image_size},
-        text_cfg=config.text,
-        quick_gelu=config.quick_gelu,
-    )
 
 
 class ClipPretrainer:
@@ -182,7 +224,7 @@ class ClipPretrainer:
     def __init__(self, config: ClipConfig, image_size: int, train: ClipPretrainConfig) -> None:
         torch.manual_seed(train.seed)
         self.config, self.train_config = config, train
-        self.model = build_clip(config, image_size)
+        self.model = build_open_clip(config, image_size)  # every weight trainable
         self.tokenizer = open_clip.get_tokenizer(
             config.tokenizer, context_length=config.text["context_length"]
         )
@@ -230,18 +272,15 @@ class ClipPretrainer:
         ).unbind(dim=1)  # C×D each
         text_loss = self.loss(class_text, paraphrase, scale)
         log_p = (scale * dense @ class_text.T).log_softmax(dim=-1)  # B×N×C: which class each patch shows
-        named = batch.present[:, None, :]
-        # Each patch shows one of the classes its caption names ...
-        partial = -torch.logsumexp(log_p.masked_fill(~named, float("-inf")), dim=-1).mean()
-        # ... and each named class is shown by some patch.
-        presence = -log_p.amax(dim=1)[batch.present].mean()
-        return {"global": global_loss, "text": text_loss, "partial": partial, "presence": presence}
+        dense_terms = dense_caption_losses(log_p, batch.patch_ids, batch.present)
+        return {"global": global_loss, "text": text_loss, **dense_terms}
 
     def step(self, bank: SceneBank, indices: torch.Tensor) -> dict[str, float]:
         config = self.train_config
         batch = sample_crops(bank, indices, config.crop_size, self.config.patch_size, self.generator)
         parts = self.losses(batch, bank.classes)
-        loss = parts["global"] + parts["text"] + config.dense_weight * (parts["partial"] + parts["presence"])
+        dense = parts["segment"] + parts["presence"] + parts["patch"]
+        loss = parts["global"] + parts["text"] + config.dense_weight * dense
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -317,15 +356,17 @@ class SamPretrainer:
         self.scheduler = _cosine_schedule(self.optimizer, train.steps, train.warmup)
         self.generator = torch.Generator().manual_seed(train.seed)
 
-    def losses(self, images: torch.Tensor, segments: torch.Tensor) -> dict[str, torch.Tensor]:
-        boundary_logits, embedding = self.head(sam_block_features(self.sam, images))
-        target = torch.stack([torch.from_numpy(instance_boundaries(s.numpy())) for s in segments]).float()
+    def losses(self, batch: CropBatch) -> dict[str, torch.Tensor]:
+        """Boundary and same-segment affinity terms of a batch cut at the encoder's patch size."""
+        boundary_logits, embedding = self.head(sam_block_features(self.sam, batch.images))
+        edges = [torch.from_numpy(instance_boundaries(segments.numpy())) for segments in batch.segments]
+        target = torch.stack(edges).float()
         # Boundaries are ~10 % of pixels: weight the positives so both kinds count.
         positive = target.mean().clamp(min=1e-3)
         boundary = F.binary_cross_entropy_with_logits(
             boundary_logits, target, pos_weight=((1 - positive) / positive).detach()
         )
-        ids = patch_segments(segments, self.sam.config.patch_size)
+        ids = batch.patch_ids  # sample_crops cut them at this encoder's patch size
         same = (ids[:, :, None] == ids[:, None, :]).float()
         affinity = F.binary_cross_entropy_with_logits(
             5 * embedding @ embedding.transpose(1, 2), same
@@ -340,7 +381,7 @@ class SamPretrainer:
         for step in bar:
             size = bank.images.shape[-1]  # whole images: the encoder is cheap next to CLIP
             batch = sample_crops(bank, next(batches), size, self.sam.config.patch_size, self.generator)
-            parts = self.losses(batch.images, batch.segments)
+            parts = self.losses(batch)
             loss = parts["boundary"] + parts["affinity"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -360,7 +401,10 @@ __all__ = [
     "SamPretrainConfig",
     "SamPretrainer",
     "SceneBank",
-    "build_clip",
     "class_phrasings",
+    "dense_caption_losses",
+    "match_segments",
     "render_scene_bank",
+    "sample_crops",
+    "segment_log_probs",
 ]
