@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from model import Segmenter, load_checkpoint, read_metadata
+from training.data import LoaderSpec, training_batches
 from training.datasets import SyntheticScenes
+from training.datasets.base import IGNORE_INDEX
 from training.loss import class_presence, segmentation_loss
 from training.train import TrainConfig, Trainer
 
@@ -77,6 +79,26 @@ def test_config_from_yaml_with_overrides(tmp_path: Path) -> None:
         TrainConfig.load(None, ["learning_rate=1"])
     with pytest.raises(ValueError, match="key=value"):
         TrainConfig.load(None, ["iterations"])
+
+
+def test_scale_range_sets_the_training_crops_scale(tmp_path: Path) -> None:
+    dataset = scenes(2)
+    wholes = [torch.from_numpy(dataset[index].label).long() for index in range(2)]
+
+    def first_batch(scale_range) -> torch.Tensor:
+        config = tiny_config(tmp_path, crop_size=64, scale_range=scale_range)
+        spec = LoaderSpec.from_config(config, image_size=64, world_size=1)
+        assert spec.scale_range == tuple(float(v) for v in scale_range)
+        return next(training_batches(dataset, spec, rank=0, start_iteration=0))[1]
+
+    # Scale 1 with a crop the scene's size: every label map is a scene's own, possibly flipped.
+    for label in first_batch([1, 1]):
+        assert any(torch.equal(label, whole) or torch.equal(label, whole.flip(-1)) for whole in wholes)
+    # Scale 0.5: the scene shrinks to 32² and the rest of the crop is padding.
+    for label in first_batch((0.5, 0.5)):
+        assert (label == IGNORE_INDEX).float().mean().item() == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="scale_range"):
+        LoaderSpec.from_config(tiny_config(tmp_path, scale_range=(2.0, 1.0)), image_size=64, world_size=1)
 
 
 def test_short_training_lowers_the_loss_and_writes_a_servable_checkpoint(tmp_path: Path) -> None:

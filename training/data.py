@@ -28,6 +28,7 @@ class LoaderSpec:
     accumulation: int
     seed: int
     num_workers: int
+    scale_range: tuple[float, float]  # TrainTransform's scale jitter
 
     @classmethod
     def from_config(cls, config: Any, image_size: int, world_size: int) -> LoaderSpec:
@@ -37,6 +38,9 @@ class LoaderSpec:
                 f"batch_size {config.batch_size} must be a multiple of processes × grad_accumulation "
                 f"({per_step})"
             )
+        low, high = config.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"scale_range must be (low, high), 0 < low <= high; got {config.scale_range}")
         return cls(
             crop_size=config.crop_size or image_size,
             per_process_batch=config.batch_size // per_step,
@@ -44,6 +48,7 @@ class LoaderSpec:
             accumulation=config.grad_accumulation,
             seed=config.seed,
             num_workers=config.num_workers,
+            scale_range=(float(low), float(high)),
         )
 
 
@@ -90,7 +95,7 @@ def training_batches(
     """Endless (images B×3×S×S in [0, 1], labels B×S×S) micro-batches for this process."""
     sampler = _StreamSampler(len(dataset), spec, rank, start_iteration * spec.accumulation)
     loader = DataLoader(
-        _Augmented(dataset, TrainTransform(spec.crop_size), spec.seed),
+        _Augmented(dataset, TrainTransform(spec.crop_size, spec.scale_range), spec.seed),
         batch_sampler=sampler,
         num_workers=spec.num_workers,
         persistent_workers=spec.num_workers > 0,

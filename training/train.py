@@ -49,6 +49,8 @@ class TrainConfig:
     dataset_root: str | None = None
     prompts: str = "bank"  # "bank" (bank -> LLM -> template, per PromptBuilder) or "template"
     crop_size: int | None = None  # default: the model's image_size (384 for ViT-B/16, 336 for ViT-L/14)
+    # Scale jitter: the short side is resized to crop_size × U(scale_range) before the crop (CAT-Seg's 0.5–2).
+    scale_range: tuple[float, float] = (0.5, 2.0)
     iterations: int = 80_000
     batch_size: int = 4  # global, over all processes and accumulation steps
     grad_accumulation: int = 1
