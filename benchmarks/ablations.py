@@ -119,16 +119,22 @@ def main(argv: list[str] | None = None) -> None:
         config = dataclasses.replace(demo_config, iterations=args.iterations)
         train_k, every_seen = demo_config.train_k, len(train_set.classes)
         default = ("weight", "bank", train_k)
-        # (fusion, prompts, training k) of each short training a table compares, the demo's settings first.
-        variants = {
-            "cfm": [default, ("weight", "bank", every_seen)],
-            "prompts": [default, ("weight", "template", train_k)],
-            "sam": [("none", "bank", train_k), default],
-            "fusion": [("mean", "bank", train_k), ("concat", "bank", train_k), default],
+        # Each table's paper name and rows: (label, (fusion, prompts, training k) of its short training).
+        without_cfm, template = ("weight", "bank", every_seen), ("weight", "template", train_k)
+        tables = {
+            "cfm": ("4 (CFM)", [(f"CFM in training, k = {train_k} (as the demo)", default),
+                                (f"no CFM in training (k = all {every_seen})", without_cfm)]),
+            "prompts": ("2 (prompts)", [("attribute prompts (train + test)", default),
+                                        ("template prompts (train + test)", template)]),
+            "sam": ("5 (SAM)", [("without SAM (fusion none)", ("none", "bank", train_k)),
+                                ("with SAM (weight generator)", default)]),
+            "fusion": ("6 (fusion)", [("mean", ("mean", "bank", train_k)),
+                                      ("concat", ("concat", "bank", train_k)),
+                                      ("weight generator", default)]),
         }
         results: dict[tuple[str, str, int], dict[str, float]] = {}
         inits: dict[str, Path] = {}  # one initial checkpoint per fusion, shared by its trainings
-        for fusion, prompts, k in dict.fromkeys(v for table in args.train for v in variants[table]):
+        for fusion, prompts, k in dict.fromkeys(v for table in args.train for _, v in tables[table][1]):
             if fusion not in inits:
                 inits[fusion] = variant_init(args.init, fusion, args.work_dir)
             output = args.work_dir / f"{fusion}-{prompts}-k{k}"
@@ -137,17 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             minutes = (time.perf_counter() - train_started) / 60
             results[fusion, prompts, k] = {**score(load_checkpoint(final), test, prompts=prompts),
                                            "train_minutes": minutes}
-        labels = {
-            "cfm": ("4 (CFM)", [f"CFM in training, k = {train_k} (as the demo)",
-                                f"no CFM in training (k = all {every_seen})"]),
-            "prompts": ("2 (prompts)", ["attribute prompts (train + test)",
-                                        "template prompts (train + test)"]),
-            "sam": ("5 (SAM)", ["without SAM (fusion none)", "with SAM (weight generator)"]),
-            "fusion": ("6 (fusion)", ["mean", "concat", "weight generator"]),
-        }
         for table in args.train:
-            paper_table, names = labels[table]
-            for variant, name in zip(variants[table], names, strict=True):
+            paper_table, variants = tables[table]
+            for name, variant in variants:
                 result = results[variant]
                 add(paper_table, f"{name}: {result['train_minutes']:.1f} min", short, result)
 
