@@ -199,8 +199,9 @@ def evaluate_test(
 ) -> dict[str, Any]:
     """Seen/unseen scores of the synthetic test split with one kind of prompts ("bank": the descriptions),
     and where object pixels go ("objects": right class, colour, shape, or background). By default with
-    CAT-Seg's sliding window (four 96² windows over the scene at its own 128 px, plus the whole scene at 96²),
-    the protocol of CAT-Seg's and the paper's benchmark figures; `sliding_window=False` is one 96² view."""
+    CAT-Seg's sliding window (four 96² windows, stride 64, over the scene resized to 160 px, plus the whole
+    scene at 96²), the protocol of CAT-Seg's and the paper's benchmark figures;
+    `sliding_window=False` is one 96² view."""
     options = EvaluationOptions(
         prompts=prompts, k=k, sliding_window=sliding_window, batch_size=8, confusion=True
     )
@@ -330,8 +331,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             "",
             f"Held-out test split `{TEST_DATASET}` ({scores['bank']['images']} scenes, 58 classes, CFM "
             f"k = {scores['bank']['cfm_k']}). Sliding window: CAT-Seg's evaluation protocol, four 96² "
-            "windows over each 128 px scene and the whole scene at 96², averaged; one 96² view: the "
-            "service's default.",
+            "windows (stride 64) over each scene resized to 160 px and the whole scene at 96², averaged; "
+            "one 96² view: the service's default.",
             "",
             *rows,
             "",
