@@ -78,8 +78,8 @@ class DemoConfig:
     # (k = 48; profiled), so 1000 iterations cost about 0.6x of 700 without it (README, "The demo model").
     train_k: int = 16
     # Scale jitter of the training crops (the short side goes to 96 × U(range), then a 96² crop): 0.75–1.3x
-    # the scenes' own 128 px, around the scale the sliding-window evaluation sees them at (1x) and its global
-    # view (0.75x). CAT-Seg's 0.5–2 would spend a quarter of the crops at below half that scale.
+    # the scenes' own 128 px, around the scales the sliding-window evaluation sees them at (1.25x, 160 px) and
+    # its global view (0.75x). CAT-Seg's 0.5–2 would spend a quarter of the crops at below half that scale.
     train_scale_range: tuple[float, float] = (1.0, 1.75)
     test_images: int | None = None  # None: the whole registry test split
 
