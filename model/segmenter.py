@@ -87,6 +87,21 @@ class Segmenter:
     def image_size(self) -> int:
         return self.model.config.image_size
 
+    def views(self) -> dict[str, int]:
+        """What the model sees of each image: the global view's side and, with the sliding window, the side
+        the image is resized to, the window side and stride, and the number of windows."""
+        size = self.image_size
+        if not self.sliding_window:
+            return {"global": size}
+        per_side = len(range(0, self.sliding_size - size + 1, self.window_stride))
+        return {
+            "global": size,
+            "resized": self.sliding_size,
+            "window": size,
+            "stride": self.window_stride,
+            "windows": per_side**2,
+        }
+
     def _tensor(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
         resized = [
             F.interpolate(

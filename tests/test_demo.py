@@ -171,6 +171,11 @@ def test_demo_run_reuses_an_earlier_pretraining_and_reports_it(tmp_path: Path) -
     assert all(result["images"] == 4 for result in report["evaluation"].values())
     markdown = (reports / "demo_report.md").read_text()
     assert f"pretraining reused from `{init}`" in markdown and "| template | sliding window |" in markdown
+    # The protocol sentence states the window geometry the evaluation used (demo preset: 96² at stride 64).
+    sliding = {"global": 96, "resized": 160, "window": 96, "stride": 64, "windows": 4}
+    assert report["evaluation"]["bank"]["views"] == sliding
+    assert report["evaluation"]["bank_resize"]["views"] == {"global": 96}
+    assert "4 96² windows (stride 64) over each scene resized to 160 px" in markdown
     assert json.loads((reports / "demo_report.json").read_text())["seconds"] == seconds
     assert (reports / "demo_example.png").is_file()
     assert read_metadata(output)["extra"]["demo"]["bank_resize_mIoU_seen"] == pytest.approx(

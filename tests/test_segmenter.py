@@ -58,6 +58,8 @@ def test_batching_matches_one_image_at_a_time(tiny_model: LSMSeg, tiny_text) -> 
 def test_sliding_window_covers_the_image_and_uses_one_class_set(tiny_model: LSMSeg, tiny_text) -> None:
     segmenter = Segmenter(tiny_model, device="cpu", sliding_window=True)
     assert segmenter.window_stride == 40 and segmenter.sliding_size == 104  # 64 + stride, patch multiples
+    assert segmenter.views() == {"global": 64, "resized": 104, "window": 64, "stride": 40, "windows": 4}
+    assert Segmenter(tiny_model, device="cpu").views() == {"global": 64}
     batch = segmenter.segment([random_image(120, 90, 5)], tiny_text)
     result = batch.results[0]
     assert result.label_map.shape == (120, 90)

@@ -307,12 +307,13 @@ def markdown_report(report: dict[str, Any]) -> str:
     prompt_labels = {"bank": "attribute (combined + size, shape, texture, colour)", "template": "template"}
     for name, (prompts, sliding) in EVALUATIONS.items():
         result = scores[name]
-        view = "sliding window" if sliding else "one 96² view"
+        view = "sliding window" if sliding else f"one {result['views']['global']}² view"
         cells = [result[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "pAcc", "cfm_recall")]
         rows.append(f"| {prompt_labels[prompts]} | {view} | " + " | ".join(_percent(v) for v in cells) + " |")
     unseen_iou = scores["bank"]["per_class_iou"]
     per_class = ", ".join(f"{name} {_percent(unseen_iou[name])}" for name in UNSEEN_CLASSES)
     objects = scores["bank"]["objects"]
+    windows = scores["bank"]["views"]
     timing = report["seconds"]
     reused = report["pretraining_reused_from"]
     reuse_note = f" (pretraining reused from `{reused}`, timed when it ran)" if reused else ""
@@ -330,9 +331,10 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"Checkpoint: `{report['checkpoint']}`, {report['checkpoint_mb']:.1f} MB.",
             "",
             f"Held-out test split `{TEST_DATASET}` ({scores['bank']['images']} scenes, 58 classes, CFM "
-            f"k = {scores['bank']['cfm_k']}). Sliding window: CAT-Seg's evaluation protocol, four 96² "
-            "windows (stride 64) over each scene resized to 160 px and the whole scene at 96², averaged; "
-            "one 96² view: the service's default.",
+            f"k = {scores['bank']['cfm_k']}). Sliding window: CAT-Seg's evaluation protocol, "
+            f"{windows['windows']} {windows['window']}² windows (stride {windows['stride']}) over each scene "
+            f"resized to {windows['resized']} px and the whole scene at {windows['global']}², averaged; "
+            f"one {windows['global']}² view: the service's default.",
             "",
             *rows,
             "",

@@ -98,6 +98,7 @@ def evaluate_dataset(
         prompt_sources=sources,
         cfm_k=options.k or model.config.cfm_k,
         cfm_recall=kept_gt / total_gt if total_gt else float("nan"),
+        views=segmenter.views(),
     )
     if options.confusion:
         summary["confusion"] = matrix.matrix.tolist()
