@@ -175,7 +175,7 @@ def test_demo_run_reuses_an_earlier_pretraining_and_reports_it(tmp_path: Path) -
     sliding = {"global": 96, "resized": 160, "window": 96, "stride": 64, "windows": 4}
     assert report["evaluation"]["bank"]["views"] == sliding
     assert report["evaluation"]["bank_resize"]["views"] == {"global": 96}
-    assert "4 96² windows (stride 64) over each scene resized to 160 px" in markdown
+    assert "4 windows of 96² (stride 64) over each scene resized to 160 px" in markdown
     assert json.loads((reports / "demo_report.json").read_text())["seconds"] == seconds
     assert (reports / "demo_example.png").is_file()
     assert read_metadata(output)["extra"]["demo"]["bank_resize_mIoU_seen"] == pytest.approx(

@@ -332,9 +332,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             "",
             f"Held-out test split `{TEST_DATASET}` ({scores['bank']['images']} scenes, 58 classes, CFM "
             f"k = {scores['bank']['cfm_k']}). Sliding window: CAT-Seg's evaluation protocol, "
-            f"{windows['windows']} {windows['window']}² windows (stride {windows['stride']}) over each scene "
-            f"resized to {windows['resized']} px and the whole scene at {windows['global']}², averaged; "
-            f"one {windows['global']}² view: the service's default.",
+            f"{windows['windows']} windows of {windows['window']}² (stride {windows['stride']}) over each "
+            f"scene resized to {windows['resized']} px and the whole scene at {windows['global']}², "
+            f"averaged; one {windows['global']}² view: the service's default.",
             "",
             *rows,
             "",
