@@ -93,14 +93,17 @@ class Segmenter:
         size = self.image_size
         if not self.sliding_window:
             return {"global": size}
-        per_side = len(range(0, self.sliding_size - size + 1, self.window_stride))
         return {
             "global": size,
             "resized": self.sliding_size,
             "window": size,
             "stride": self.window_stride,
-            "windows": per_side**2,
+            "windows": len(self._window_offsets()) ** 2,
         }
+
+    def _window_offsets(self) -> range:
+        """Top (and left) pixel offsets of the sliding windows inside the resized image."""
+        return range(0, self.sliding_size - self.image_size + 1, self.window_stride)
 
     def _tensor(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
         resized = [
@@ -150,13 +153,13 @@ class Segmenter:
     def _sliding_probabilities(
         self, images: torch.Tensor, text: TextInput, k: int | None, timings: dict[str, float]
     ) -> tuple[torch.Tensor, Selection]:
-        size, stride, full = self.image_size, self.window_stride, self.sliding_size
+        size, full = self.image_size, self.sliding_size
         global_view = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         global_probs, selection = self._probabilities(global_view, None, text, k, timings)
         total = global_probs.new_zeros(global_probs.shape[0], global_probs.shape[1], full, full)
         counts = global_probs.new_zeros(1, 1, full, full)
-        for top in range(0, full - size + 1, stride):
-            for left in range(0, full - size + 1, stride):
+        for top in self._window_offsets():
+            for left in self._window_offsets():
                 window = images[:, :, top : top + size, left : left + size]
                 probs, _ = self._probabilities(window, selection, text, k, timings)
                 total[:, :, top : top + size, left : left + size] += probs
