@@ -12,7 +12,14 @@ import torch
 import training.probe
 from model import build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
 from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
-from training.demo import EVALUATIONS, DemoConfig, evaluate_test, pretraining_settings, run
+from training.demo import (
+    EVALUATIONS,
+    DemoConfig,
+    evaluate_test,
+    pretraining_settings,
+    reused_backbones,
+    run,
+)
 from training.pretrain import (
     ClipPretrainConfig,
     ClipPretrainer,
@@ -149,8 +156,11 @@ def test_clip_probe_scores_the_cost_map_alone(demo_model, tmp_path: Path, capsys
 def test_demo_run_reuses_an_earlier_pretraining_and_reports_it(tmp_path: Path) -> None:
     torch.set_num_threads(2)
     config = DemoConfig(iterations=2, train_images=8, test_images=4, warmup_iterations=1)
-    torch.manual_seed(0)
-    backbones = build_model("demo")
+    # Pretrained when the head was narrower: the run keeps the backbones, not that head.
+    earlier_preset = get_config("demo")
+    earlier_preset.head.guidance_dim = 16
+    torch.manual_seed(1)
+    backbones = build_model(earlier_preset)
     record = {
         "settings": pretraining_settings(config),
         "render_seconds": 60.0,
@@ -183,6 +193,7 @@ def test_demo_run_reuses_an_earlier_pretraining_and_reports_it(tmp_path: Path) -
     )
     trained = load_checkpoint(output)
     assert torch.equal(trained.sam.encoder.pos_embed, backbones.sam.encoder.pos_embed)  # SAM stays frozen
+    assert trained.config.head == get_config("demo").head
 
     other = DemoConfig(pretrain_scenes=config.pretrain_scenes + 1)
     with pytest.raises(ValueError, match="other settings"):
@@ -190,3 +201,26 @@ def test_demo_run_reuses_an_earlier_pretraining_and_reports_it(tmp_path: Path) -
     bare = save_checkpoint(backbones, tmp_path / "bare.safetensors")
     with pytest.raises(ValueError, match="not the pretrained-backbone checkpoint"):
         run(config, output, reports, tmp_path / "work", progress=False, init=bare)
+
+
+def test_reused_backbones_sit_in_the_current_preset_with_the_head_a_full_run_would_start_from(
+    tmp_path: Path,
+) -> None:
+    earlier_preset = get_config("demo")
+    earlier_preset.head.guidance_dim = 16
+    torch.manual_seed(1)
+    earlier = build_model(earlier_preset)
+    init = save_checkpoint(earlier, tmp_path / "init.safetensors")
+    model = reused_backbones(init, seed=0)
+    torch.manual_seed(0)
+    fresh = build_model("demo")  # what pretrained_demo_model builds before loading the backbones
+    assert model.config == fresh.config
+    for name, tensor in model.state_dict().items():
+        source = earlier if name.startswith(("clip.", "sam.")) else fresh
+        assert torch.equal(tensor, source.state_dict()[name]), name
+    assert not torch.equal(  # a real comparison: the two heads come from different seeds
+        earlier.state_dict()["cost_embedding.weight"], fresh.state_dict()["cost_embedding.weight"]
+    )
+    other = save_checkpoint(build_model("tiny"), tmp_path / "tiny.safetensors")
+    with pytest.raises(ValueError, match="another architecture"):
+        reused_backbones(other, seed=0)

@@ -127,6 +127,31 @@ def reusable_pretraining(init: Path, config: DemoConfig) -> dict[str, Any]:
     return record
 
 
+def demo_model_around(
+    clip_state: dict[str, torch.Tensor], sam_state: dict[str, torch.Tensor], seed: int
+) -> LSMSeg:
+    """The `demo` preset holding pretrained CLIP and SAM weights, its head initialised from `seed`."""
+    torch.manual_seed(seed)
+    model = build_model(get_config("demo"))
+    model.clip.model.load_state_dict(clip_state)
+    model.sam.load_state_dict(sam_state)
+    return model
+
+
+def reused_backbones(init: Path, seed: int) -> LSMSeg:
+    """The pretrained CLIP and SAM of an earlier run's init checkpoint in the CURRENT `demo` preset, the head
+    initialised as a full run initialises it: the head's architecture may have changed since that run."""
+    earlier = load_checkpoint(init)
+    preset = get_config("demo")
+    if (earlier.config.clip, earlier.config.sam, earlier.config.image_size) != (
+        preset.clip,
+        preset.sam,
+        preset.image_size,
+    ):
+        raise ValueError(f"{init} holds backbones of another architecture than the demo preset's")
+    return demo_model_around(earlier.clip.model.state_dict(), earlier.sam.state_dict(), seed)
+
+
 def pretrained_demo_model(config: DemoConfig, image_size: int, progress: bool = True) -> tuple[LSMSeg, dict]:
     """The `demo` preset with freshly pretrained CLIP and SAM weights (the head still random)."""
     preset = get_config("demo")
@@ -143,10 +168,7 @@ def pretrained_demo_model(config: DemoConfig, image_size: int, progress: bool = 
     sam = SamPretrainer(preset.sam, dataclasses.replace(config.sam, seed=config.seed))
     sam_history = sam.fit(bank, progress=progress)
     sam_seconds = time.perf_counter() - started
-    torch.manual_seed(config.seed)
-    model = build_model(preset)
-    model.clip.model.load_state_dict(clip.model.state_dict())
-    model.sam.load_state_dict(sam.sam.state_dict())
+    model = demo_model_around(clip.model.state_dict(), sam.sam.state_dict(), config.seed)
     summary = {
         "settings": pretraining_settings(config),
         "render_seconds": render_seconds,
@@ -373,6 +395,9 @@ def run(
         pretrain_seconds = time.perf_counter() - started
     else:
         pretrain_summary = reusable_pretraining(init, config)
+        model = reused_backbones(init, config.seed)
+        extra = read_metadata(init)["extra"]
+        init = save_checkpoint(model, work_dir / "init.safetensors", extra=extra)
         pretrain_seconds = pretrain_summary["render_seconds"] + sum(
             pretrain_summary[part]["seconds"] for part in ("clip", "sam")
         )
@@ -392,8 +417,11 @@ def run(
     summary = {
         "seen_classes": len(SEEN_CLASSES),
         "unseen_classes": len(UNSEEN_CLASSES),
-        **{f"{name}_{key}": evaluation[name][key] for name in evaluation for key in (
-            "mIoU_seen", "mIoU_unseen", "hIoU")},
+        **{
+            f"{name}_{key}": evaluation[name][key]
+            for name in evaluation
+            for key in ("mIoU_seen", "mIoU_unseen", "hIoU")
+        },
     }
     extra = {
         "demo": {
