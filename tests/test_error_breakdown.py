@@ -1,0 +1,62 @@
+"""training.error_breakdown: boundary distances, majority votes, and its scores against the evaluator's."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_checkpoint
+from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
+from training.error_breakdown import boundary_distance, breakdown, main, majority_vote
+from training.evaluate import EvaluationOptions, evaluate_dataset
+
+DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
+
+
+def test_boundary_distance_counts_chessboard_steps_from_the_pixels_that_touch_another_label() -> None:
+    label = np.zeros((7, 7), np.int64)
+    label[3, 3] = 1  # one pixel of another class: it and its 4-neighbours touch a different label
+    label[6, 0] = 2  # and one in a corner
+    distance = boundary_distance(label, limit=2)
+    edges = [(3, 3), (2, 3), (4, 3), (3, 2), (3, 4), (6, 0), (5, 0), (6, 1)]
+    expected = np.array(
+        [[min(3, *(max(abs(y - ey), abs(x - ex)) for ey, ex in edges)) for x in range(7)] for y in range(7)]
+    )
+    assert expected[0, 0] == 3 and expected[1, 2] == 1 and expected[6, 6] == 3  # the cap, and a diagonal step
+    np.testing.assert_array_equal(distance, expected)
+    assert (boundary_distance(np.zeros((4, 4), np.int64), limit=3) == 4).all()  # no boundary anywhere
+
+
+def test_majority_vote_gives_each_instance_its_most_common_prediction() -> None:
+    instances = np.array([[1, 1, 1, 2], [1, 1, 2, 2]])
+    prediction = np.array([[5, 5, 0, 3], [5, 4, 3, 1]])
+    np.testing.assert_array_equal(majority_vote(prediction, instances, 6), [[5, 5, 5, 3], [5, 5, 3, 3]])
+
+
+def test_breakdown_of_the_demo_checkpoint_matches_the_evaluator_and_writes_json(tmp_path, capsys) -> None:
+    torch.set_num_threads(2)
+    model = load_checkpoint(DEMO)
+    scenes = SyntheticScenes("test", num_images=4)
+    result = breakdown(model, scenes, progress=False)
+    options = EvaluationOptions(prompts="bank", sliding_window=True, batch_size=4)
+    evaluated = evaluate_dataset(
+        model, scenes, "synthetic-test", options, seen_names=SEEN_CLASSES, device="cpu"
+    )
+    scores = result["scores"]
+    assert scores["all"]["mIoU_seen"] == pytest.approx(evaluated["mIoU_seen"], abs=1e-9)
+    assert scores["all"]["pAcc"] == pytest.approx(evaluated["pAcc"], abs=1e-9)
+    assert result["views"] == evaluated["views"]
+    kept = result["kept_pixels"]
+    assert 4 * 128 * 128 > kept["1"] > kept["2"] > kept["3"] > 0
+    # The pixels next to boundaries are the hard ones: leaving them out scores higher, more so the wider.
+    assert scores["all"]["mIoU_seen"] < scores["1"]["mIoU_seen"] < scores["3"]["mIoU_seen"]
+    assert scores["all"]["pAcc"] < scores["3"]["pAcc"] <= 1
+
+    output = tmp_path / "breakdown.json"
+    main([str(DEMO), "--images", "2", "--output", str(output)])
+    written = json.loads(output.read_text())
+    assert written["images"] == 2 and written["checkpoint"] == str(DEMO)
+    assert set(written["scores"]) == {"all", "1", "2", "3", "majority"}
+    assert f"{100 * written['scores']['majority']['mIoU_seen']:.1f}" in capsys.readouterr().out

@@ -1,0 +1,124 @@
+"""Where a demo checkpoint loses mIoU on the synthetic test split: at boundaries, or on whole objects.
+
+    python -m training.error_breakdown checkpoints/demo.safetensors --images 200
+
+One pass of the Segmenter with the sliding window (the demo report's main figures), scored three ways: every
+pixel; without the pixels within 1, 2 or 3 px of a label boundary (the most that perfect boundaries could
+add); and with every ground-truth segment given the class most of its pixels got (what the model would score
+if it only ever erred by whole objects). Prints a Markdown table and writes JSON (default:
+runs/error_breakdown/<checkpoint name>.json, outside tracked folders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import LSMSeg, Segmenter, load_checkpoint
+from training.datasets.base import IGNORE_INDEX
+from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
+from training.evaluate import seen_indices
+from training.metrics import ConfusionMatrix
+from training.prompts import class_prompts, dataset_descriptions
+
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "runs" / "error_breakdown"
+BANDS = (1, 2, 3)  # px left out around label boundaries
+
+
+def boundary_distance(label: np.ndarray, limit: int) -> np.ndarray:
+    """Chessboard distance of each pixel to the nearest pixel that touches another label (0 on those pixels),
+    capped at limit + 1."""
+    edge = np.zeros(label.shape, bool)
+    vertical, horizontal = label[:-1] != label[1:], label[:, :-1] != label[:, 1:]
+    edge[:-1] |= vertical
+    edge[1:] |= vertical
+    edge[:, :-1] |= horizontal
+    edge[:, 1:] |= horizontal
+    distance = np.where(edge, 0, limit + 1)
+    reached = edge
+    for step in range(1, limit + 1):
+        padded = np.pad(reached, 1)
+        grown = np.zeros_like(reached)
+        for dy in range(3):
+            for dx in range(3):
+                grown |= padded[dy : dy + label.shape[0], dx : dx + label.shape[1]]
+        distance[grown & ~reached] = step
+        reached = grown
+    return distance
+
+
+def majority_vote(prediction: np.ndarray, instances: np.ndarray, num_classes: int) -> np.ndarray:
+    """Every instance id takes the class most of its pixels were predicted as."""
+    counts = np.bincount(
+        (instances.astype(np.int64) * num_classes + prediction).ravel(),
+        minlength=(int(instances.max()) + 1) * num_classes,
+    ).reshape(-1, num_classes)
+    return counts.argmax(axis=1)[instances]
+
+
+def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) -> dict[str, Any]:
+    classes = list(dataset.classes)
+    prompts, _ = class_prompts(classes, model.config.prompts_per_class, "bank", dataset_descriptions(dataset))
+    with torch.inference_mode():
+        text = model.eval().encode_text(prompts)
+    segmenter = Segmenter(model, device="cpu", sliding_window=True)
+    matrices = {name: ConfusionMatrix(len(classes)) for name in ("all", *map(str, BANDS), "majority")}
+    kept_pixels = dict.fromkeys(map(str, BANDS), 0)
+    for index in tqdm(range(len(dataset)), desc="error breakdown", unit="img", disable=not progress):
+        sample = dataset[index]
+        prediction = segmenter.segment([sample.image], text).results[0].label_map.astype(np.int64)
+        label = sample.label
+        matrices["all"].update(prediction, label)
+        distance = boundary_distance(label, max(BANDS))
+        for band in BANDS:
+            near = distance <= band
+            matrices[str(band)].update(prediction, np.where(near, IGNORE_INDEX, label))
+            kept_pixels[str(band)] += int((~near & (label != IGNORE_INDEX)).sum())
+        matrices["majority"].update(majority_vote(prediction, sample.instances, len(classes)), label)
+    seen = seen_indices(classes, SEEN_CLASSES)
+    scores = {}
+    for name, matrix in matrices.items():
+        summary = matrix.summary(seen=seen)
+        scores[name] = {key: summary[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc")}
+    return {"images": len(dataset), "views": segmenter.views(), "scores": scores, "kept_pixels": kept_pixels}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    labels = {"all": "every pixel", "majority": "each segment takes its majority class"}
+    labels.update({str(band): f"without pixels within {band} px of a boundary" for band in BANDS})
+    lines = ["| scored | mIoU seen | mIoU unseen | hIoU |", "|---|---|---|---|"]
+    for name, scores in result["scores"].items():
+        cells = (f"{100 * scores[key]:.1f}" for key in ("mIoU_seen", "mIoU_unseen", "hIoU"))
+        lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.error_breakdown",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", type=Path, help="a demo-preset checkpoint")
+    parser.add_argument("--images", type=int, default=500, help="first test scenes (the split has 500)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--output", type=Path, help="JSON file (default: runs/error_breakdown/<name>.json)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = breakdown(load_checkpoint(args.checkpoint), SyntheticScenes("test", num_images=args.images))
+    result["checkpoint"] = str(args.checkpoint)
+    output = args.output or DEFAULT_OUTPUT_DIR / f"{args.checkpoint.stem}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
