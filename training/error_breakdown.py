@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from model import LSMSeg, Segmenter, load_checkpoint
 from training.datasets.base import IGNORE_INDEX
-from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
+from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes, instance_boundaries
 from training.evaluate import seen_indices
 from training.metrics import ConfusionMatrix
 from training.prompts import class_prompts, dataset_descriptions
@@ -35,12 +35,7 @@ BANDS = (1, 2, 3)  # px left out around label boundaries
 def boundary_distance(label: np.ndarray, limit: int) -> np.ndarray:
     """Chessboard distance of each pixel to the nearest pixel that touches another label (0 on those pixels),
     capped at limit + 1."""
-    edge = np.zeros(label.shape, bool)
-    vertical, horizontal = label[:-1] != label[1:], label[:, :-1] != label[:, 1:]
-    edge[:-1] |= vertical
-    edge[1:] |= vertical
-    edge[:, :-1] |= horizontal
-    edge[:, 1:] |= horizontal
+    edge = instance_boundaries(label)
     distance = np.where(edge, 0, limit + 1)
     reached = edge
     for step in range(1, limit + 1):
