@@ -390,14 +390,14 @@ def run(
     reused = init
     if init is None:
         model, pretrain_summary = pretrained_demo_model(config, image_size, progress)
-        extra = {"stage": "pretrained backbones", "pretraining": pretrain_summary}
-        init = save_checkpoint(model, work_dir / "init.safetensors", extra=extra)
-        pretrain_seconds = time.perf_counter() - started
     else:
         pretrain_summary = reusable_pretraining(init, config)
         model = reused_backbones(init, config.seed)
-        extra = read_metadata(init)["extra"]
-        init = save_checkpoint(model, work_dir / "init.safetensors", extra=extra)
+    extra = {"stage": "pretrained backbones", "pretraining": pretrain_summary}
+    init = save_checkpoint(model, work_dir / "init.safetensors", extra=extra)
+    if reused is None:
+        pretrain_seconds = time.perf_counter() - started
+    else:
         pretrain_seconds = pretrain_summary["render_seconds"] + sum(
             pretrain_summary[part]["seconds"] for part in ("clip", "sam")
         )
