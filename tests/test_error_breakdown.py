@@ -9,7 +9,7 @@ import torch
 
 from model import load_checkpoint
 from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
-from training.error_breakdown import boundary_distance, breakdown, main, majority_vote
+from training.error_breakdown import ObjectHits, boundary_distance, breakdown, main, majority_vote
 from training.evaluate import EvaluationOptions, evaluate_dataset
 
 DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
@@ -35,6 +35,37 @@ def test_majority_vote_gives_each_instance_its_most_common_prediction() -> None:
     np.testing.assert_array_equal(majority_vote(prediction, instances, 6), [[5, 5, 5, 3], [5, 5, 3, 3]])
 
 
+def test_object_hits_count_each_visible_object_under_each_of_its_attributes() -> None:
+    scenes = SyntheticScenes("test", num_images=6)
+    classes = list(scenes.classes)
+    perfect, one_wrong = ObjectHits(), ObjectHits()
+    wrong_object, wrong_pixels, total_pixels, total_objects = None, 0, 0, 0
+    for index in range(len(scenes)):
+        sample = scenes[index]
+        prediction = sample.label.astype(np.int64)
+        perfect.update(sample, prediction, classes)
+        first_object_id = len(sample.scene.stuff) + 1
+        for offset, obj in enumerate(sample.scene.objects):
+            visible = sample.instances == first_object_id + offset
+            total_pixels += int(visible.sum())
+            total_objects += int(visible.any())
+            if wrong_object is None and visible.any():
+                wrong_object, wrong_pixels = obj, int(visible.sum())
+                prediction = np.where(visible, classes.index("sky"), prediction)
+        one_wrong.update(sample, prediction, classes)
+    assert wrong_object is not None
+    for name, values in perfect.summary().items():
+        # Every object is counted once under one value of each attribute, and every pixel got its class.
+        assert sum(tally["objects"] for tally in values.values()) == total_objects
+        assert sum(tally["pixels"] for tally in values.values()) == total_pixels
+        assert all(tally["exact"] == 1.0 for tally in values.values())
+        wrong = one_wrong.summary()[name]
+        value = getattr(wrong_object, name)
+        expected = 1 - wrong_pixels / values[value]["pixels"]
+        assert wrong[value]["exact"] == pytest.approx(expected)
+        assert all(wrong[other]["exact"] == 1.0 for other in wrong if other != value)
+
+
 def test_breakdown_of_the_demo_checkpoint_matches_the_evaluator_and_writes_json(tmp_path, capsys) -> None:
     torch.set_num_threads(2)
     model = load_checkpoint(DEMO)
@@ -53,10 +84,14 @@ def test_breakdown_of_the_demo_checkpoint_matches_the_evaluator_and_writes_json(
     # The pixels next to boundaries are the hard ones: leaving them out scores higher, more so the wider.
     assert scores["all"]["mIoU_seen"] < scores["1"]["mIoU_seen"] < scores["3"]["mIoU_seen"]
     assert scores["all"]["pAcc"] < scores["3"]["pAcc"] <= 1
+    shapes = result["objects"]["shape"]
+    assert set(shapes) <= {"circle", "cross", "ring", "square", "star", "triangle"}
+    assert all(0 <= tally["exact"] <= 1 and tally["pixels"] > 0 for tally in shapes.values())
 
     output = tmp_path / "breakdown.json"
     main([str(DEMO), "--images", "2", "--output", str(output)])
     written = json.loads(output.read_text())
     assert written["images"] == 2 and written["checkpoint"] == str(DEMO)
     assert set(written["scores"]) == {"all", "1", "2", "3", "majority"}
+    assert set(written["objects"]) == {"size", "fill", "shape", "colour"}
     assert f"{100 * written['scores']['majority']['mIoU_seen']:.1f}" in capsys.readouterr().out

@@ -5,8 +5,9 @@
 One pass of the Segmenter with the sliding window (the demo report's main figures), scored three ways: every
 pixel; without the pixels within 1, 2 or 3 px of a label boundary (the most that perfect boundaries could
 add); and with every ground-truth segment given the class most of its pixels got (what the model would score
-if it only ever erred by whole objects). Prints a Markdown table and writes JSON (default:
-runs/error_breakdown/<checkpoint name>.json, outside tracked folders).
+if it only ever erred by whole objects). Then which objects lose: the share of object pixels that get the
+object's exact class, by the object's size, fill, shape and colour. Prints Markdown tables and writes JSON
+(default: runs/error_breakdown/<checkpoint name>.json, outside tracked folders).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from tqdm import tqdm
 
 from model import LSMSeg, Segmenter, load_checkpoint
 from training.datasets.base import IGNORE_INDEX
-from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes, instance_boundaries
+from training.datasets.synthetic import SEEN_CLASSES, SyntheticSample, SyntheticScenes, instance_boundaries
 from training.evaluate import seen_indices
 from training.metrics import ConfusionMatrix
 from training.prompts import class_prompts, dataset_descriptions
 
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "runs" / "error_breakdown"
 BANDS = (1, 2, 3)  # px left out around label boundaries
+OBJECT_ATTRIBUTES = ("size", "fill", "shape", "colour")
 
 
 def boundary_distance(label: np.ndarray, limit: int) -> np.ndarray:
@@ -58,6 +60,37 @@ def majority_vote(prediction: np.ndarray, instances: np.ndarray, num_classes: in
     return counts.argmax(axis=1)[instances]
 
 
+class ObjectHits:
+    """Visible pixels of objects and how many got the object's exact class, per value of each attribute."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, list[int]]] = {name: {} for name in OBJECT_ATTRIBUTES}
+
+    def update(self, sample: SyntheticSample, prediction: np.ndarray, classes: list[str]) -> None:
+        first_object_id = len(sample.scene.stuff) + 1  # see synthetic.Scene for the segment ids
+        for offset, obj in enumerate(sample.scene.objects):
+            visible = sample.instances == first_object_id + offset
+            pixels = int(visible.sum())
+            if pixels == 0:  # painted over by later objects
+                continue
+            exact = int((prediction[visible] == classes.index(obj.class_name)).sum())
+            for name in OBJECT_ATTRIBUTES:
+                tally = self.counts[name].setdefault(getattr(obj, name), [0, 0, 0])
+                tally[0] += 1
+                tally[1] += pixels
+                tally[2] += exact
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """attribute -> value -> objects, pixels and the exact share of those pixels (values sorted)."""
+        return {
+            name: {
+                value: {"objects": objects, "pixels": pixels, "exact": exact / pixels}
+                for value, (objects, pixels, exact) in sorted(values.items())
+            }
+            for name, values in self.counts.items()
+        }
+
+
 def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) -> dict[str, Any]:
     classes = list(dataset.classes)
     prompts, _ = class_prompts(classes, model.config.prompts_per_class, "bank", dataset_descriptions(dataset))
@@ -66,6 +99,7 @@ def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) ->
     segmenter = Segmenter(model, device="cpu", sliding_window=True)
     matrices = {name: ConfusionMatrix(len(classes)) for name in ("all", *map(str, BANDS), "majority")}
     kept_pixels = dict.fromkeys(map(str, BANDS), 0)
+    objects = ObjectHits()
     for index in tqdm(range(len(dataset)), desc="error breakdown", unit="img", disable=not progress):
         sample = dataset[index]
         prediction = segmenter.segment([sample.image], text).results[0].label_map.astype(np.int64)
@@ -77,12 +111,19 @@ def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) ->
             matrices[str(band)].update(prediction, np.where(near, IGNORE_INDEX, label))
             kept_pixels[str(band)] += int((~near & (label != IGNORE_INDEX)).sum())
         matrices["majority"].update(majority_vote(prediction, sample.instances, len(classes)), label)
+        objects.update(sample, prediction, classes)
     seen = seen_indices(classes, SEEN_CLASSES)
     scores = {}
     for name, matrix in matrices.items():
         summary = matrix.summary(seen=seen)
         scores[name] = {key: summary[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc")}
-    return {"images": len(dataset), "views": segmenter.views(), "scores": scores, "kept_pixels": kept_pixels}
+    return {
+        "images": len(dataset),
+        "views": segmenter.views(),
+        "scores": scores,
+        "kept_pixels": kept_pixels,
+        "objects": objects.summary(),
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -92,6 +133,10 @@ def markdown(result: dict[str, Any]) -> str:
     for name, scores in result["scores"].items():
         cells = (f"{100 * scores[key]:.1f}" for key in ("mIoU_seen", "mIoU_unseen", "hIoU"))
         lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+    lines += ["", "| object attribute | value | objects | pixels with the exact class |", "|---|---|---|---|"]
+    for name, values in result["objects"].items():
+        for value, tally in values.items():
+            lines.append(f"| {name} | {value} | {tally['objects']} | {100 * tally['exact']:.1f} % |")
     return "\n".join(lines)
 
 
