@@ -10,7 +10,7 @@
 - Table 5, SAM: with vs without SAM features (fusion "none": no SAM encoder at all); short trainings.
 - Table 6, fusion: weight generator vs mean vs concat; short trainings.
 Short trainings start the head from the demo run's pretrained backbones (its init checkpoint) and run
-`--iterations` steps (default 350, about a third of the demo's) with everything else as the demo trains.
+`--iterations` steps (default 350; the demo trains 500) with everything else as the demo trains.
 Every row is scored as the demo report's main figures are (sliding window). Prints a Markdown table and
 writes JSON (benchmarks/results/ablations.json).
 """
