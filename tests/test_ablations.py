@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from model import build_model, read_metadata, save_checkpoint
+from training.demo import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +29,8 @@ def test_ablations_score_inference_rows_and_retrain_the_chosen_tables(tmp_path: 
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert [(row["table"], row["training"]) for row in rows] == [
-        *[("4 (CFM)", "demo (1000 it)")] * 4,
-        ("2 (prompts)", "demo (1000 it)"),
+        *[("4 (CFM)", f"demo ({DemoConfig().iterations} it)")] * 4,
+        ("2 (prompts)", f"demo ({DemoConfig().iterations} it)"),
         ("5 (SAM)", "short (2 it)"),
         ("5 (SAM)", "short (2 it)"),
     ]

@@ -115,7 +115,7 @@ def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) ->
     seen = seen_indices(classes, SEEN_CLASSES)
     scores = {}
     for name, matrix in matrices.items():
-        summary = matrix.summary(seen=seen)
+        summary = matrix.summary(seen=seen, require_gt=True)  # as evaluate_dataset scores (detectron2's rule)
         scores[name] = {key: summary[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc")}
     return {
         "images": len(dataset),
