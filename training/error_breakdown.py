@@ -25,7 +25,7 @@ from tqdm import tqdm
 from model import LSMSeg, Segmenter, load_checkpoint
 from training.datasets.base import IGNORE_INDEX
 from training.datasets.synthetic import SEEN_CLASSES, SyntheticSample, SyntheticScenes, instance_boundaries
-from training.evaluate import seen_indices
+from training.evaluate import EvaluationOptions, seen_indices
 from training.metrics import ConfusionMatrix
 from training.prompts import class_prompts, dataset_descriptions
 
@@ -115,7 +115,7 @@ def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) ->
     seen = seen_indices(classes, SEEN_CLASSES)
     scores = {}
     for name, matrix in matrices.items():
-        summary = matrix.summary(seen=seen, require_gt=True)  # as evaluate_dataset scores (detectron2's rule)
+        summary = matrix.summary(seen=seen, require_gt=EvaluationOptions.require_gt)  # as evaluate_dataset
         scores[name] = {key: summary[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "pAcc")}
     return {
         "images": len(dataset),
