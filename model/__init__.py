@@ -4,12 +4,14 @@ from model.build import WeightsNotFoundError, build_model, load_clip_weights, lo
 from model.cfm import Selection, cost_volume, select_categories
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from model.config import PRESETS, ClipConfig, HeadConfig, LSMSegConfig, SamConfig, get_config
+from model.edge_refinement import EdgeRefinement
 from model.lsmseg import LSMSeg, LSMSegOutput
 from model.segmenter import Segmentation, SegmentationBatch, Segmenter, to_rgb_array
 
 __all__ = [
     "PRESETS",
     "ClipConfig",
+    "EdgeRefinement",
     "HeadConfig",
     "LSMSeg",
     "LSMSegConfig",

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model.cfm import Selection
+from model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
 from model.lsmseg import LSMSeg, TextInput, per_sample
 
 ImageLike = np.ndarray | Image.Image
@@ -60,7 +61,8 @@ class Segmenter:
 
     Each image is resized to the model's square input (or, with `sliding_window`, to a larger square covered
     by overlapping windows plus one global view, as CAT-Seg evaluates). The CFM picks one class set per image
-    from the global view; label maps come back at each image's own size.
+    from the global view; label maps come back at each image's own size, their class boundaries snapped to
+    the image's edges by `edge_refinement` (model/edge_refinement.py; None turns it off).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Segmenter:
         sliding_window: bool = False,
         window_overlap: float = 1 / 3,
         class_chunk: int | None = None,
+        edge_refinement: EdgeRefinement | None = DEFAULT_EDGE_REFINEMENT,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
@@ -82,6 +85,7 @@ class Segmenter:
         self.window_stride = max(patch, round(size * (1 - window_overlap) / patch) * patch)
         self.sliding_size = size + self.window_stride  # two windows per side
         self.class_chunk = class_chunk
+        self.edge_refinement = edge_refinement  # None: label maps straight from the model's probabilities
 
     @property
     def image_size(self) -> int:
@@ -105,11 +109,13 @@ class Segmenter:
         """Top (and left) pixel offsets of the sliding windows inside the resized image."""
         return range(0, self.sliding_size - self.image_size + 1, self.window_stride)
 
-    def _tensor(self, images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    def _tensor(self, images: Sequence[np.ndarray], size: int | tuple[int, int]) -> torch.Tensor:
+        """B×3×H×W float in [0, 1], each image resized to `size` (a side, or height and width)."""
+        size = (size, size) if isinstance(size, int) else size
         resized = [
             F.interpolate(
                 torch.tensor(image, device=self.device).permute(2, 0, 1)[None].float() / 255,
-                size=(size, size),
+                size=size,
                 mode="bilinear",
                 antialias=True,
                 align_corners=False,
@@ -168,21 +174,23 @@ class Segmenter:
         return (total / counts + upsampled) / 2, selection
 
     def _label_map(
-        self, probs: torch.Tensor, selection: Selection, index: int, height: int, width: int, num_classes: int
+        self, probs: torch.Tensor, selection: Selection, index: int, image: np.ndarray, num_classes: int
     ) -> Segmentation:
         kept = selection.mask[index]
         probs = probs[index][kept][None]  # 1×K×s×s
         classes = selection.indices[index][kept]
+        height, width = image.shape[:2]
+        if self.edge_refinement is not None:
+            size = self.edge_refinement.working_size(height, width)
+            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+            probs = self.edge_refinement(probs[0], self._tensor([image], size)[0])[None]
         best = probs.new_full((height, width), -2.0)
         winner = torch.zeros((height, width), dtype=torch.long, device=probs.device)
         for start in range(0, probs.shape[1], _UPSAMPLE_CLASS_GROUP):
-            group = F.interpolate(
-                probs[:, start : start + _UPSAMPLE_CLASS_GROUP],
-                size=(height, width),
-                mode="bilinear",
-                align_corners=False,
-            )[0]
-            value, position = group.max(dim=0)
+            group = probs[:, start : start + _UPSAMPLE_CLASS_GROUP]
+            if group.shape[-2:] != (height, width):
+                group = F.interpolate(group, size=(height, width), mode="bilinear", align_corners=False)
+            value, position = group[0].max(dim=0)
             better = value > best
             best = torch.where(better, value, best)
             winner = torch.where(better, position + start, winner)
@@ -217,9 +225,7 @@ class Segmenter:
                 probs, selection = self._probabilities(batch, None, texts, k, timings)
         with self._stage(timings, "postprocess"):
             results = [
-                self._label_map(
-                    probs, selection, index, array.shape[0], array.shape[1], texts[index].shape[0]
-                )
+                self._label_map(probs, selection, index, array, texts[index].shape[0])
                 for index, array in enumerate(arrays)
             ]
         return SegmentationBatch(results=results, timings=timings)

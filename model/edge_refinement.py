@@ -1,0 +1,70 @@
+"""Edge-aware refinement of class probabilities: an à-trous joint bilateral filter guided by the image.
+
+The decoder draws class boundaries at its own resolution (a quarter of a patch), so pixels next to an edge
+often take the neighbouring segment's class. Each pass replaces every pixel's class probabilities by a
+weighted mean over a 5×5 grid of taps spaced `dilation` pixels apart, each tap weighted by how close its
+colour is to the pixel's: probabilities flow within regions of one colour and not across the image's edges.
+Dilations 1, 2, 4 reach 14 px in three cheap passes (an edge-avoiding à-trous scheme, as in Dammertz et al.
+2010), so a region also votes out scattered wrong pixels. No weights are learnt, so it applies to any model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x (…×H×W) read at (y + dy, x + dx), borders repeated."""
+    height, width = x.shape[-2:]
+    pad_y, pad_x = abs(dy), abs(dx)
+    padded = F.pad(x[None], (pad_x, pad_x, pad_y, pad_y), mode="replicate")[0]
+    return padded[..., pad_y + dy : pad_y + dy + height, pad_x + dx : pad_x + dx + width]
+
+
+@dataclass(frozen=True)
+class EdgeRefinement:
+    # Chosen with the demo checkpoint on 200 fresh synthetic scenes (seed 1, not the test split); README.
+    radius: int = 2  # taps per side of each pass's grid
+    dilations: tuple[int, ...] = (1, 2, 4, 1, 2, 4)  # tap spacing of each pass, in pixels
+    sigma_colour: float = 0.06  # RGB distance (0–1 per channel) at which a tap's weight falls to e^-1/2
+    # Large photos are refined at most this many pixels a side, then upsampled (cost and memory ∝ pixels).
+    max_side: int = 512
+
+    def __post_init__(self) -> None:
+        if self.radius < 1 or not self.dilations or min(self.dilations) < 1:
+            raise ValueError("edge refinement needs radius ≥ 1 and at least one dilation, each ≥ 1")
+        if self.sigma_colour <= 0 or self.max_side < 1:
+            raise ValueError("edge refinement needs sigma_colour > 0 and max_side ≥ 1")
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size refinement runs at for an image of height × width (aspect ratio kept)."""
+        scale = min(1.0, self.max_side / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def __call__(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """probs: K×H×W class scores; image: 3×H×W float RGB in [0, 1], same H×W. Returns K×H×W, each pixel
+        a convex combination of its taps' scores (so per-pixel sums and the value range are kept)."""
+        if probs.shape[-2:] != image.shape[-2:] or image.shape[0] != 3:
+            raise ValueError(f"probs {tuple(probs.shape)} and image {tuple(image.shape)} do not match")
+        image = image.to(probs.dtype)
+        scale = -0.5 / self.sigma_colour**2
+        offsets = range(-self.radius, self.radius + 1)
+        for dilation in self.dilations:
+            total = torch.zeros_like(probs)
+            weight_sum = torch.zeros_like(probs[:1])
+            for dy in offsets:
+                for dx in offsets:
+                    tap_image = _shifted(image, dy * dilation, dx * dilation)
+                    distance = (tap_image - image).square().sum(dim=0, keepdim=True)
+                    # Clamped so that far colours weigh e^-80, not a subnormal float (slow on CPUs).
+                    weight = torch.exp((scale * distance).clamp(min=-80.0))
+                    total += weight * _shifted(probs, dy * dilation, dx * dilation)
+                    weight_sum += weight
+            probs = total / weight_sum  # the centre tap has weight 1, so the sum is ≥ 1
+        return probs
+
+
+DEFAULT_EDGE_REFINEMENT = EdgeRefinement()  # frozen, so one instance serves every Segmenter
