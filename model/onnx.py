@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.cfm import Selection, cost_volume
+from model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
 from model.lsmseg import LSMSeg, TextInput, per_sample
 from model.segmenter import Segmenter
 
@@ -81,10 +82,11 @@ class OnnxSegmenter(Segmenter):
         onnx_path: str | Path,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        edge_refinement: EdgeRefinement | None = DEFAULT_EDGE_REFINEMENT,
     ) -> None:
         import onnxruntime
 
-        super().__init__(model, device="cpu", dtype=torch.float32)
+        super().__init__(model, device="cpu", dtype=torch.float32, edge_refinement=edge_refinement)
         available = set(onnxruntime.get_available_providers())
         # onnxruntime-gpu lists CUDA even on a machine without a GPU, then logs a loading error per session.
         if not torch.cuda.is_available():

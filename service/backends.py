@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model import LSMSeg, Segmenter
+from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
 from service.loader import ModelConfigError, ModelPlan
 from service.settings import Settings
 
@@ -40,8 +41,12 @@ def build_backend(
     model: LSMSeg, plan: ModelPlan, settings: Settings, device: str, export: Exporter | None = None
 ) -> Backend:
     """The Segmenter for the configured backend (exporting the ONNX graph first when needed)."""
+    edge_refinement = DEFAULT_EDGE_REFINEMENT if settings.edge_refinement else None
     if settings.backend == "torch":
-        return Backend("torch", Segmenter(model, device=device, sliding_window=settings.sliding_window))
+        segmenter = Segmenter(
+            model, device=device, sliding_window=settings.sliding_window, edge_refinement=edge_refinement
+        )
+        return Backend("torch", segmenter)
     from model.onnx import OnnxSegmenter, export_onnx
 
     k = model.config.cfm_k
@@ -51,7 +56,7 @@ def build_backend(
             "unset LSMSEG_TOP_K or use LSMSEG_BACKEND=torch"
         )
     path = settings.onnx_path or cached_graph(model, plan, settings, export or export_onnx)
-    segmenter = OnnxSegmenter(model, path, threads=settings.torch_threads)
+    segmenter = OnnxSegmenter(model, path, threads=settings.torch_threads, edge_refinement=edge_refinement)
     return Backend("onnx", segmenter, tuple(segmenter.providers), k)
 
 

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     sam_checkpoint: Path | None = Field(None, description="official segment-anything .pth (SAM-L presets)")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
     sliding_window: bool = Field(False, description="CAT-Seg style sliding-window inference (slower)")
+    edge_refinement: bool = Field(
+        True, description="snap class boundaries to the image's colour edges (model/edge_refinement.py)"
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads for the model (torch, and onnxruntime's CPU provider); "
         "default: all cores the process sees"

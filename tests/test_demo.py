@@ -176,12 +176,16 @@ def test_demo_run_reuses_an_earlier_pretraining_and_reports_it(tmp_path: Path) -
     seconds = report["seconds"]
     assert seconds["pretrain_total"] == 690.0
     assert seconds["total"] > 690.0 + seconds["train"] + seconds["evaluate"] - 1e-6
-    # The sliding window (the main figures) for both kinds of prompts, and one view for the bank.
+    # The sliding window (the main figures) for both kinds of prompts, and one view for the bank; both
+    # bank views again without edge refinement.
     assert set(report["evaluation"]) == set(EVALUATIONS)
-    assert [report["evaluation"][name]["sliding_window"] for name in EVALUATIONS] == [True, True, False]
+    evaluated = [(r["sliding_window"], r["edge_refinement"]) for r in report["evaluation"].values()]
+    assert evaluated == [(True, True), (True, True), (False, True), (True, False), (False, False)]
     assert all(result["images"] == 4 for result in report["evaluation"].values())
     markdown = (reports / "demo_report.md").read_text()
-    assert f"pretraining reused from `{init}`" in markdown and "| template | sliding window |" in markdown
+    assert f"pretraining reused from `{init}`" in markdown
+    assert "| template | sliding window | yes |" in markdown
+    assert "| one 96² view | no |" in markdown
     # The protocol sentence states the window geometry the evaluation used (demo preset: 96² at stride 64).
     sliding = {"global": 96, "resized": 160, "window": 96, "stride": 64, "windows": 4}
     assert report["evaluation"]["bank"]["views"] == sliding

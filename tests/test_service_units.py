@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
+from service.backends import build_backend
 from service.batcher import Batcher
 from service.client import read_label_png
 from service.errors import ApiError
 from service.images import decode_base64_image, decode_image
-from service.loader import FALLBACK_PRESET, load_model, plan_model
+from service.loader import FALLBACK_PRESET, ModelPlan, load_model, plan_model
 from service.masks import class_rle, label_png, overlay_png, palette
 from service.metrics import Metrics
 from service.routes import _prefers_png
@@ -120,6 +122,17 @@ def test_no_configuration_means_the_demo_checkpoint(monkeypatch):
     plan = plan_model(Settings())
     assert (plan.source, plan.checkpoint, plan.preset) == ("checkpoint", DEFAULT_CHECKPOINT, None)
     assert not plan.random_weights
+
+
+@pytest.mark.parametrize(("value", "refined"), [(None, True), ("true", True), ("false", False)])
+def test_edge_refinement_is_on_unless_turned_off(monkeypatch, tiny_model, value, refined):
+    monkeypatch.delenv("LSMSEG_BACKEND", raising=False)
+    if value is None:
+        monkeypatch.delenv("LSMSEG_EDGE_REFINEMENT", raising=False)
+    else:
+        monkeypatch.setenv("LSMSEG_EDGE_REFINEMENT", value)
+    backend = build_backend(tiny_model, ModelPlan("preset", None, "tiny"), Settings(), "cpu")
+    assert backend.segmenter.edge_refinement is (DEFAULT_EDGE_REFINEMENT if refined else None)
 
 
 def test_without_the_demo_checkpoint_a_random_tiny_model_is_served_with_a_loud_warning(

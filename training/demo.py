@@ -219,38 +219,50 @@ def evaluate_test(
     prompts: str = "bank",
     k: int | None = None,
     sliding_window: bool = True,
+    edge_refinement: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Seen/unseen scores of the synthetic test split with one kind of prompts ("bank": the descriptions),
     and where object pixels go ("objects": right class, colour, shape, or background). By default with
     CAT-Seg's sliding window (four 96² windows, stride 64, over the scene resized to 160 px, plus the whole
     scene at 96²), the protocol of CAT-Seg's and the paper's benchmark figures;
-    `sliding_window=False` is one 96² view."""
+    `sliding_window=False` is one 96² view. `edge_refinement=False` scores the model's own boundaries."""
     options = EvaluationOptions(
-        prompts=prompts, k=k, sliding_window=sliding_window, batch_size=8, confusion=True
+        prompts=prompts,
+        k=k,
+        sliding_window=sliding_window,
+        edge_refinement=edge_refinement,
+        batch_size=8,
+        confusion=True,
     )
     result = evaluate_dataset(
         model, dataset, TEST_DATASET, options, seen_names=SEEN_CLASSES, device="cpu", progress=progress
     )
     result["objects"] = object_attribute_accuracy(result.pop("confusion"), dataset.classes)
     result["sliding_window"] = sliding_window
+    result["edge_refinement"] = edge_refinement
     return result
 
 
-# The report's evaluations: name -> (prompts, sliding window).
+# The report's evaluations: name -> (prompts, sliding window, edge refinement).
 EVALUATIONS = {
-    "bank": ("bank", True),
-    "template": ("template", True),
-    "bank_resize": ("bank", False),
+    "bank": ("bank", True, True),
+    "template": ("template", True, True),
+    "bank_resize": ("bank", False, True),
+    "bank_unrefined": ("bank", True, False),
+    "bank_resize_unrefined": ("bank", False, False),
 }
 
 
 def evaluate_report(model: LSMSeg, dataset: Any, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """`evaluate_test` for each of `EVALUATIONS`: attribute and template prompts with the sliding window, and
-    attribute prompts on one resized view (the service's default, LSMSEG_SLIDING_WINDOW=false)."""
+    """`evaluate_test` for each of `EVALUATIONS`: attribute and template prompts with the sliding window,
+    attribute prompts on one resized view (the service's default, LSMSEG_SLIDING_WINDOW=false), and both
+    views again without edge refinement (what the network's decoder draws by itself)."""
     return {
-        name: evaluate_test(model, dataset, prompts, sliding_window=sliding, progress=progress)
-        for name, (prompts, sliding) in EVALUATIONS.items()
+        name: evaluate_test(
+            model, dataset, prompts, sliding_window=sliding, edge_refinement=edges, progress=progress
+        )
+        for name, (prompts, sliding, edges) in EVALUATIONS.items()
     }
 
 
@@ -325,15 +337,19 @@ def _percent(value: float) -> str:
 def markdown_report(report: dict[str, Any]) -> str:
     scores = report["evaluation"]
     rows = [
-        "| prompts | inference | mIoU seen (48) | mIoU unseen (10) | hIoU | mIoU all | pAcc | CFM recall |",
-        "|---|---|---|---|---|---|---|---|",
+        "| prompts | inference | edge refinement | mIoU seen (48) | mIoU unseen (10) | hIoU | mIoU all "
+        "| pAcc | CFM recall |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     prompt_labels = {"bank": "attribute (combined + size, shape, texture, colour)", "template": "template"}
-    for name, (prompts, sliding) in EVALUATIONS.items():
+    for name, (prompts, sliding, edges) in EVALUATIONS.items():
         result = scores[name]
         view = "sliding window" if sliding else f"one {result['views']['global']}² view"
         cells = [result[key] for key in ("mIoU_seen", "mIoU_unseen", "hIoU", "mIoU", "pAcc", "cfm_recall")]
-        rows.append(f"| {prompt_labels[prompts]} | {view} | " + " | ".join(_percent(v) for v in cells) + " |")
+        refinement = "yes" if edges else "no"
+        rows.append(
+            f"| {prompt_labels[prompts]} | {view} | {refinement} | " + " | ".join(map(_percent, cells)) + " |"
+        )
     unseen_iou = scores["bank"]["per_class_iou"]
     per_class = ", ".join(f"{name} {_percent(unseen_iou[name])}" for name in UNSEEN_CLASSES)
     objects = scores["bank"]["objects"]

@@ -2,10 +2,11 @@
 
     python -m training.error_breakdown checkpoints/demo.safetensors --images 200
 
-One pass of the Segmenter with the sliding window (the demo report's main figures), scored three ways: every
-pixel; without the pixels within 1, 2 or 3 px of a label boundary (the most that perfect boundaries could
-add); and with every ground-truth segment given the class most of its pixels got (what the model would score
-if it only ever erred by whole objects). Then which objects lose: the share of object pixels that get the
+One pass of the Segmenter with the sliding window and edge refinement (the demo report's main figures;
+`--no-edge-refinement`: the network's own boundaries), scored three ways: every pixel; without the pixels
+within 1, 2 or 3 px of a label boundary (the most that perfect boundaries could add); and with every
+ground-truth segment given the class most of its pixels got (what the model would score if it only ever erred
+by whole objects). Then which objects lose: the share of object pixels that get the
 object's exact class, by the object's size, fill, shape and colour. Prints Markdown tables and writes JSON
 (default: runs/error_breakdown/<checkpoint name>.json, outside tracked folders).
 """
@@ -23,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from model import LSMSeg, Segmenter, load_checkpoint
+from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
 from training.datasets.base import IGNORE_INDEX
 from training.datasets.synthetic import SEEN_CLASSES, SyntheticSample, SyntheticScenes, instance_boundaries
 from training.evaluate import EvaluationOptions, seen_indices
@@ -91,12 +93,15 @@ class ObjectHits:
         }
 
 
-def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) -> dict[str, Any]:
+def breakdown(
+    model: LSMSeg, dataset: SyntheticScenes, edge_refinement: bool = True, progress: bool = True
+) -> dict[str, Any]:
     classes = list(dataset.classes)
     prompts, _ = class_prompts(classes, model.config.prompts_per_class, "bank", dataset_descriptions(dataset))
     with torch.inference_mode():
         text = model.eval().encode_text(prompts)
-    segmenter = Segmenter(model, device="cpu", sliding_window=True)
+    refinement = DEFAULT_EDGE_REFINEMENT if edge_refinement else None
+    segmenter = Segmenter(model, device="cpu", sliding_window=True, edge_refinement=refinement)
     matrices = {name: ConfusionMatrix(len(classes)) for name in ("all", *map(str, BANDS), "majority")}
     kept_pixels = dict.fromkeys(map(str, BANDS), 0)
     objects = ObjectHits()
@@ -120,6 +125,7 @@ def breakdown(model: LSMSeg, dataset: SyntheticScenes, progress: bool = True) ->
     return {
         "images": len(dataset),
         "views": segmenter.views(),
+        "edge_refinement": edge_refinement,
         "scores": scores,
         "kept_pixels": kept_pixels,
         "objects": objects.summary(),
@@ -149,10 +155,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path, help="a demo-preset checkpoint")
     parser.add_argument("--images", type=int, default=500, help="first test scenes (the split has 500)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--no-edge-refinement", action="store_true", help="score the model's own boundaries (no snapping)"
+    )
     parser.add_argument("--output", type=Path, help="JSON file (default: runs/error_breakdown/<name>.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = breakdown(load_checkpoint(args.checkpoint), SyntheticScenes("test", num_images=args.images))
+    scenes = SyntheticScenes("test", num_images=args.images)
+    result = breakdown(load_checkpoint(args.checkpoint), scenes, edge_refinement=not args.no_edge_refinement)
     result["checkpoint"] = str(args.checkpoint)
     output = args.output or DEFAULT_OUTPUT_DIR / f"{args.checkpoint.stem}.json"
     output.parent.mkdir(parents=True, exist_ok=True)

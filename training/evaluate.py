@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import LSMSeg, Segmenter, load_checkpoint
+from model import EdgeRefinement, LSMSeg, Segmenter, load_checkpoint
 from prompt_cache.names import normalise_name
 from training.datasets import IGNORE_INDEX, SEEN_CLASSES, build_dataset
 from training.datasets.base import SegmentationDataset
@@ -36,6 +36,7 @@ class EvaluationOptions:
     prompts: str = "bank"  # "bank" or "template" (see training.prompts.class_prompts)
     k: int | None = None  # CFM k; default the model's
     sliding_window: bool = False
+    edge_refinement: bool = True  # snap boundaries to image edges (model/edge_refinement.py), as the service
     batch_size: int = 4
     limit: int | None = None  # evaluate the first N images only
     require_gt: bool = True  # detectron2's convention, which published OVSS numbers use
@@ -67,7 +68,12 @@ def evaluate_dataset(
     asked = prompt_classes(dataset_name, classes)
     descriptions = dataset_descriptions(dataset) if asked == classes else None
     prompts, sources = class_prompts(asked, model.config.prompts_per_class, options.prompts, descriptions)
-    segmenter = Segmenter(model, device=device, sliding_window=options.sliding_window)
+    segmenter = Segmenter(
+        model,
+        device=device,
+        sliding_window=options.sliding_window,
+        edge_refinement=EdgeRefinement() if options.edge_refinement else None,
+    )
     with torch.inference_mode():
         text = model.to(segmenter.device).encode_text(prompts)
     matrix = ConfusionMatrix(len(classes), class_names=classes)
@@ -143,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--prompts", choices=("bank", "template"), default="bank")
     parser.add_argument("--k", type=int, help="CFM k (default: the model's)")
     parser.add_argument("--sliding-window", action="store_true")
+    parser.add_argument(
+        "--no-edge-refinement", action="store_true", help="score the model's own boundaries (no snapping)"
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--limit", type=int, help="first N images of each dataset")
     parser.add_argument(
@@ -158,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prompts=args.prompts,
         k=args.k,
         sliding_window=args.sliding_window,
+        edge_refinement=not args.no_edge_refinement,
         batch_size=args.batch_size,
         limit=args.limit,
     )
