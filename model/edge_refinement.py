@@ -16,14 +16,6 @@ import torch
 import torch.nn.functional as F
 
 
-def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """x (…×H×W) read at (y + dy, x + dx), borders repeated."""
-    height, width = x.shape[-2:]
-    pad_y, pad_x = abs(dy), abs(dx)
-    padded = F.pad(x[None], (pad_x, pad_x, pad_y, pad_y), mode="replicate")[0]
-    return padded[..., pad_y + dy : pad_y + dy + height, pad_x + dx : pad_x + dx + width]
-
-
 @dataclass(frozen=True)
 class EdgeRefinement:
     # Chosen with the demo checkpoint on 200 fresh synthetic scenes (seed 1, not the test split); README.
@@ -50,18 +42,22 @@ class EdgeRefinement:
         if probs.shape[-2:] != image.shape[-2:] or image.shape[0] != 3:
             raise ValueError(f"probs {tuple(probs.shape)} and image {tuple(image.shape)} do not match")
         image = image.to(probs.dtype)
+        height, width = probs.shape[-2:]
         scale = -0.5 / self.sigma_colour**2
-        offsets = range(-self.radius, self.radius + 1)
         for dilation in self.dilations:
+            # Padded once per pass (borders repeated); each tap is then a view into the padded maps.
+            pad = self.radius * dilation
+            padded_probs = F.pad(probs[None], (pad,) * 4, mode="replicate")[0]
+            padded_image = F.pad(image[None], (pad,) * 4, mode="replicate")[0]
             total = torch.zeros_like(probs)
             weight_sum = torch.zeros_like(probs[:1])
-            for dy in offsets:
-                for dx in offsets:
-                    tap_image = _shifted(image, dy * dilation, dx * dilation)
+            for top in range(0, 2 * pad + 1, dilation):
+                for left in range(0, 2 * pad + 1, dilation):
+                    tap_image = padded_image[:, top : top + height, left : left + width]
                     distance = (tap_image - image).square().sum(dim=0, keepdim=True)
                     # Clamped so that far colours weigh e^-80, not a subnormal float (slow on CPUs).
                     weight = torch.exp((scale * distance).clamp(min=-80.0))
-                    total += weight * _shifted(probs, dy * dilation, dx * dilation)
+                    total.addcmul_(weight, padded_probs[:, top : top + height, left : left + width])
                     weight_sum += weight
             probs = total / weight_sum  # the centre tap has weight 1, so the sum is ≥ 1
         return probs
