@@ -22,8 +22,9 @@ class EdgeRefinement:
     radius: int = 2  # taps per side of each pass's grid
     dilations: tuple[int, ...] = (1, 2, 4, 1, 2, 4)  # tap spacing of each pass, in pixels
     sigma_colour: float = 0.06  # RGB distance (0–1 per channel) at which a tap's weight falls to e^-1/2
-    # Large photos are refined at most this many pixels a side, then upsampled (cost and memory ∝ pixels).
-    max_side: int = 512
+    # Large photos are refined at most this many pixels a side, then upsampled: cost and memory grow with the
+    # pixels (at 512 px, 0.5 s on 2 CPU cores for k = 16, 6x the demo model; benchmarks/edge_refinement.py).
+    max_side: int = 256
 
     def __post_init__(self) -> None:
         if self.radius < 1 or not self.dilations or min(self.dilations) < 1:
