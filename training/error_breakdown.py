@@ -6,9 +6,9 @@ One pass of the Segmenter with the sliding window and edge refinement (the demo 
 `--no-edge-refinement`: the network's own boundaries), scored three ways: every pixel; without the pixels
 within 1, 2 or 3 px of a label boundary (the most that perfect boundaries could add); and with every
 ground-truth segment given the class most of its pixels got (what the model would score if it only ever erred
-by whole objects). Then which objects lose: the share of object pixels that get the
-object's exact class, by the object's size, fill, shape and colour. Prints Markdown tables and writes JSON
-(default: runs/error_breakdown/<checkpoint name>.json, outside tracked folders).
+by whole objects). Then which objects lose: the share of object pixels that get the object's exact class, by
+the object's size, fill, shape and colour. Prints Markdown tables and writes JSON (default:
+runs/error_breakdown/<checkpoint name>.json, outside tracked folders).
 """
 
 from __future__ import annotations

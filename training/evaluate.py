@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import EdgeRefinement, LSMSeg, Segmenter, load_checkpoint
+from model import LSMSeg, Segmenter, load_checkpoint
+from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
 from prompt_cache.names import normalise_name
 from training.datasets import IGNORE_INDEX, SEEN_CLASSES, build_dataset
 from training.datasets.base import SegmentationDataset
@@ -72,7 +73,7 @@ def evaluate_dataset(
         model,
         device=device,
         sliding_window=options.sliding_window,
-        edge_refinement=EdgeRefinement() if options.edge_refinement else None,
+        edge_refinement=DEFAULT_EDGE_REFINEMENT if options.edge_refinement else None,
     )
     with torch.inference_mode():
         text = model.to(segmenter.device).encode_text(prompts)
