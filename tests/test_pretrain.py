@@ -1,10 +1,14 @@
-"""CLIP pretraining's dense terms: segment pooling, segment-to-class matching, captions of what is visible."""
+"""CLIP pretraining's dense terms: segment pooling, segment-to-class matching, captions of what is visible;
+its text encoding."""
 
 import math
 
 import torch
 
+from model import get_config
 from training.pretrain import (
+    ClipPretrainConfig,
+    ClipPretrainer,
     dense_caption_losses,
     match_segments,
     patch_segments,
@@ -70,3 +74,17 @@ def test_dense_terms_reward_patches_that_show_their_segments_class() -> None:
     assert math.isclose(collapsed["presence"], 10 / 3, rel_tol=1e-3)  # class 0 is 10 nats short; 3 named
     # Patch term: segment 1's two patches (weight 1/2 each) of image 0 cost 10 nats; 3 segments weigh 1 each.
     assert math.isclose(collapsed["patch"], 10 / 3, rel_tol=1e-3)
+
+
+def test_texts_encoded_up_to_the_longest_one_equal_open_clips_full_context() -> None:
+    pretrainer = ClipPretrainer(get_config("demo").clip, 96, ClipPretrainConfig(steps=1))
+    texts = ["red star", "a photo of a small striped blue ring on green grass.", "sky"]
+    tokens = pretrainer.tokenizer(texts)
+    assert int((tokens != 0).sum(dim=1).max()) < tokens.shape[1]  # so the shortcut has padding to drop
+    full = torch.nn.functional.normalize(pretrainer.model.encode_text(tokens), dim=-1)
+    trimmed = pretrainer.encode_texts(texts)
+    assert trimmed.shape == (3, 64)
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-4)
+    # Gradients reach the text tower as through open_clip's own encode_text.
+    trimmed.sum().backward()
+    assert pretrainer.model.token_embedding.weight.grad.abs().sum() > 0
