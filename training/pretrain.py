@@ -23,6 +23,7 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import text_global_pool
 from torch import nn
 from tqdm import tqdm
 
@@ -267,7 +268,7 @@ class ClipPretrainer:
         tokens = tokens[:, :length]
         x = model.token_embedding(tokens) + model.positional_embedding[:length]
         x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
-        x = x[torch.arange(len(tokens)), tokens.argmax(dim=-1)] @ model.text_projection  # the EOT token
+        x = text_global_pool(x, tokens, model.text_pool_type) @ model.text_projection
         return F.normalize(x, dim=-1)
 
     def losses(self, batch: CropBatch, classes: Sequence[str]) -> dict[str, torch.Tensor]:
