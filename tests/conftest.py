@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,9 @@ import redis
 
 SHARED_REDIS_HOST = "127.0.0.1"
 SHARED_REDIS_PORT = 6379
-TEST_DB = 15  # tests own this database and flush it; the rest of the server is left alone
+# Tests own this database and flush it; the rest of the server is left alone. Runs that share one Redis at
+# the same time (several checkouts on one machine) each pick their own with LSMSEG_TEST_REDIS_DB.
+TEST_DB = int(os.environ.get("LSMSEG_TEST_REDIS_DB", "15"))
 
 
 def free_port() -> int:
