@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prompt_cache.llm import LLMAnswerError, LLMClient
-from prompt_cache.names import MAX_CLASSES, validate_classes, validate_descriptions
+from prompt_cache.names import MAX_CLASSES, ClassList, validate_class_list
 from prompt_cache.prompt_bank import Bank
 from prompt_cache.tokens import truncate
 
@@ -101,12 +101,17 @@ class PromptBuilder:
         self.max_classes = max_classes
 
     def build(
-        self, names: Sequence[str], descriptions: Mapping[str, Sequence[str]] | None = None
+        self, names: Sequence[str] | ClassList, descriptions: Mapping[str, Sequence[str]] | None = None
     ) -> PromptSet:
-        """P prompts for every class; raises ValidationError only for bad input, never for an LLM problem."""
-        classes = validate_classes(names, self.max_classes)
+        """P prompts for every class; raises ValidationError only for bad input, never for an LLM problem.
+        A ClassList is taken as validated (its descriptions are the user's; `descriptions` is ignored)."""
+        if isinstance(names, ClassList):
+            checked = names
+        else:
+            checked = validate_class_list(names, descriptions, self.max_classes)
+        classes = list(checked.names)
         chosen: dict[str, tuple[str, list[str]]] = {}
-        for name, sentences in validate_descriptions(descriptions or {}, classes).items():
+        for name, sentences in (checked.descriptions or {}).items():
             chosen[name] = ("user", sentences)
         for name in classes:
             authored = self.bank.descriptions(name)

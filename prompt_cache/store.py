@@ -14,6 +14,7 @@ import json
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
@@ -62,6 +63,16 @@ class LRU(Generic[K, V]):
         return len(self._items)
 
 
+@dataclass(frozen=True)
+class TextLookup:
+    """One vocabulary's rows found in the cache tiers, and the prompt lists none of them had."""
+
+    keys: list[str]  # one per class, in the caller's order
+    blocks: list[tuple[list[str], torch.Tensor]]  # (keys, their rows) per tier that had some
+    missing_keys: list[str]  # distinct keys still to encode
+    missing: list[list[str]]  # their prompt lists, in the same order
+
+
 class EmbeddingStore:
     """C lists of P prompts -> C×P×D float32 embeddings, computing only what no cache tier holds.
 
@@ -105,6 +116,16 @@ class EmbeddingStore:
 
         `encode_fn(prompt_lists)` receives only the prompt lists no tier had, and must return M×P×D.
         """
+        lookup = self.lookup(prompts_per_class)
+        encoded = None
+        if lookup.missing:
+            with torch.no_grad():
+                encoded = encode_fn(lookup.missing)
+        return self.complete(lookup, encoded)
+
+    def lookup(self, prompts_per_class: Sequence[Sequence[str]]) -> TextLookup:
+        """What the memory LRU and Redis (one MGET for the memory misses) hold; `missing` is left to encode.
+        A caller may encode the misses elsewhere (e.g. on a model thread, in chunks) and then `complete`."""
         per_class = _prompts_per_class(prompts_per_class)
         keys = self._keys_for(prompts_per_class)
         prompts_by_key = dict(zip(keys, prompts_per_class, strict=True))  # also drops repeated classes
@@ -124,17 +145,23 @@ class EmbeddingStore:
                 self._remember(fetched_keys, fetched)
                 found = set(fetched_keys)
                 missing = [key for key in missing if key not in found]
+        return TextLookup(keys, blocks, missing, [list(prompts_by_key[key]) for key in missing])
+
+    def complete(self, lookup: TextLookup, encoded: torch.Tensor | None) -> torch.Tensor:
+        """C×P×D from a lookup and the embeddings of its `missing` prompt lists (M×P×D, in that order),
+        which are remembered and written back to Redis."""
+        blocks = list(lookup.blocks)
         new_entries: dict[str, tuple[bytes, int | None]] = {}
-        if missing:
-            encoded = self._encode([list(prompts_by_key[key]) for key in missing], encode_fn)
-            blocks.append((missing, encoded))
-            self._remember(missing, encoded)
+        if lookup.missing:
+            encoded = self._accept(lookup.missing, encoded)
+            blocks.append((lookup.missing_keys, encoded))
+            self._remember(lookup.missing_keys, encoded)
             if self.link.enabled:
                 as_float16 = _convert(encoded.cpu(), torch.float16).numpy()
-                for key, row in zip(missing, as_float16, strict=True):
+                for key, row in zip(lookup.missing_keys, as_float16, strict=True):
                     new_entries[key] = (row.tobytes(), self.ttl_s)
         self._write(new_entries)
-        return self._assemble(keys, blocks)
+        return self._assemble(lookup.keys, blocks)
 
     def get_descriptions(self, names: Sequence[str]) -> dict[str, list[str]]:
         """LLM-written sentences already cached for these classes, keyed by normalised name (one MGET)."""
@@ -230,12 +257,11 @@ class EmbeddingStore:
             rows.update(zip(block_keys, block.unbind(0), strict=True))
         return torch.stack([rows[key] for key in keys])
 
-    def _encode(self, prompt_lists: list[list[str]], encode_fn: EncodeFn) -> torch.Tensor:
-        with torch.no_grad():
-            encoded = encode_fn(prompt_lists)
+    def _accept(self, prompt_lists: list[list[str]], encoded: torch.Tensor | None) -> torch.Tensor:
         expected = (len(prompt_lists), len(prompt_lists[0]))
-        if encoded.dim() != 3 or tuple(encoded.shape[:2]) != expected:
-            raise ValueError(f"encode_fn returned shape {tuple(encoded.shape)}; expected {expected} × D")
+        if encoded is None or encoded.dim() != 3 or tuple(encoded.shape[:2]) != expected:
+            shape = None if encoded is None else tuple(encoded.shape)
+            raise ValueError(f"encode_fn returned shape {shape}; expected {expected} × D")
         self._count("encode", "computed", len(prompt_lists))
         return encoded.detach().to(self.device, torch.float32)
 

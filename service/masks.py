@@ -46,13 +46,26 @@ def palette_hex(num_colours: int) -> list[str]:
     return [f"#{red:02x}{green:02x}{blue:02x}" for red, green, blue in palette(num_colours).tolist()]
 
 
+def compact_labels(label_map: np.ndarray, num_classes: int) -> np.ndarray:
+    """The label map in the smallest dtype that holds its classes (uint8 up to 256, else uint16)."""
+    return label_map.astype(np.uint8 if num_classes <= MAX_8BIT_CLASSES else np.uint16, copy=False)
+
+
+def scale_labels(label_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The label map at height × width, nearest neighbour: each pixel takes the label under its centre."""
+    if label_map.shape == (height, width):
+        return label_map
+    rows = ((np.arange(height) + 0.5) * (label_map.shape[0] / height)).astype(np.intp)
+    columns = ((np.arange(width) + 0.5) * (label_map.shape[1] / width)).astype(np.intp)
+    return label_map[rows[:, None], columns[None, :]]
+
+
 def label_png(label_map: np.ndarray, num_classes: int) -> bytes:
     """PNG whose pixel values are class indices: 8-bit palette image up to 256 classes, else 16-bit gray."""
+    image = Image.fromarray(compact_labels(label_map, num_classes))
     if num_classes <= MAX_8BIT_CLASSES:
-        image = Image.fromarray(label_map.astype(np.uint8))
         image.putpalette(palette(MAX_8BIT_CLASSES).tobytes())  # L -> P: viewable as is, values stay indices
-    else:
-        image = Image.fromarray(label_map.astype(np.uint16))  # mode I;16: a 16-bit grayscale PNG
+    # else mode I;16: a 16-bit grayscale PNG
     return _png(image)
 
 

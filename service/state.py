@@ -31,6 +31,7 @@ class ServiceState:
     batcher: Batcher[SegmentJob, SegmentOutput] = field(init=False)
     model_info: ModelInfo | None = None
     engine: Engine | None = None
+    store: EmbeddingStore | None = None  # text embeddings; set with the engine once the model is known
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -42,6 +43,7 @@ class ServiceState:
             self.bank.prompt_version,
             max_classes=settings.max_classes,
             max_class_chars=settings.max_class_name_length,
+            local_items=settings.vocab_memory_items,
         )
         self.vocabularies = Vocabularies(
             registry, self.bank, settings.max_classes, settings.max_class_name_length
@@ -83,10 +85,11 @@ class ServiceState:
         )
         backend = build_backend(model, self.plan, settings, info.device)
         info = replace(info, providers=backend.providers)
-        engine = Engine(model, store, backend)
+        engine = Engine(model, backend)
         engine.warm_up()
         builder.build(["wall"])  # loads the tokenizer now rather than in the first request
         self.vocabularies.builder = builder
+        self.store = store
         self.engine = engine
         self.model_info = info
         self.metrics.model_info.labels(
