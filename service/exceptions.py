@@ -39,6 +39,12 @@ class QueueFull(Unavailable):
     code = "queue_full"
 
 
+class EncodingBacklogFull(Unavailable):
+    """Too many new class names are waiting to be encoded already (LSMSEG_TEXT_BACKLOG_CLASSES)."""
+
+    code = "text_backlog_full"
+
+
 class TimedOut(Unavailable):
     code = "timeout"
 

@@ -62,7 +62,10 @@ class Settings(BaseSettings):
         1024, ge=1, description="vocabularies each worker keeps in memory (all of them without Redis)"
     )
     text_chunk_classes: int = Field(
-        32, ge=1, description="new class names encoded per step of the model thread, between image batches"
+        8, ge=1, description="new class names encoded per step of the model thread, between image batches"
+    )
+    text_backlog_classes: int = Field(
+        1024, ge=1, description="new class names waiting to be encoded, all requests together (beyond: 503)"
     )
     llm_url: str | None = Field(None, description="OpenAI-compatible endpoint that describes unknown classes")
     llm_model: str | None = None

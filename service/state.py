@@ -10,6 +10,7 @@ from fastapi import Request
 from prompt_cache import Bank, EmbeddingStore, LLMClient, PromptBuilder, RedisLink, VocabRegistry
 from service.backends import build_backend
 from service.batcher import Batcher
+from service.encoding import TextEncoder
 from service.engine import Engine, SegmentJob, SegmentOutput
 from service.errors import ApiError
 from service.loader import ModelInfo, ModelPlan, load_model
@@ -29,6 +30,7 @@ class ServiceState:
     link: RedisLink = field(init=False)
     vocabularies: Vocabularies = field(init=False)
     batcher: Batcher[SegmentJob, SegmentOutput] = field(init=False)
+    text_encoder: TextEncoder = field(init=False)
     model_info: ModelInfo | None = None
     engine: Engine | None = None
     store: EmbeddingStore | None = None  # text embeddings; set with the engine once the model is known
@@ -50,6 +52,9 @@ class ServiceState:
         )
         self.batcher = Batcher(
             settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size, self.metrics
+        )
+        self.text_encoder = TextEncoder(
+            self.batcher, self.metrics, settings.text_chunk_classes, settings.text_backlog_classes
         )
 
     def start(self) -> None:

@@ -226,7 +226,7 @@ def test_a_forming_batch_waits_for_requests_still_arriving():
 
 
 def test_an_admitted_request_still_being_read_delays_no_batch():
-    batcher, seen = _started_batcher(max_batch=8, max_wait_s=5.0, queue_size=8)
+    batcher, _ = _started_batcher(max_batch=8, max_wait_s=5.0, queue_size=8)
 
     async def scenario() -> tuple[float, int]:
         with batcher.admit():  # its body is still on the way: not decoded, so not arriving
@@ -246,9 +246,8 @@ def test_admitted_requests_count_against_the_queue_until_they_leave():
     batcher, _ = _started_batcher(max_batch=8, max_wait_s=0.0, queue_size=2)
 
     async def scenario() -> None:
-        with batcher.admit(), batcher.admit():
-            with pytest.raises(QueueFull):
-                batcher.admit()
+        with batcher.admit(), batcher.admit(), pytest.raises(QueueFull):
+            batcher.admit()
         batcher.admit().submit(1)  # both places were given back
 
     try:
@@ -271,7 +270,9 @@ def test_work_between_batches_alternates_with_batches():
         blocker = batcher.between_batches(gate.wait)  # holds the model thread until everything is queued
         await asyncio.sleep(0.1)
         jobs = [batcher.admit().submit(index) for index in range(3)]
-        chunks = [batcher.between_batches(lambda index=index: order.append(f"chunk {index}")) for index in range(3)]
+        chunks = [
+            batcher.between_batches(lambda index=index: order.append(f"chunk {index}")) for index in range(3)
+        ]
         gate.set()
         await asyncio.gather(blocker, *(job.future for job in jobs), *chunks)
 

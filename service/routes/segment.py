@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
@@ -110,21 +109,14 @@ async def _text(
     state: ServiceState, options: SegmentOptions, timings: dict[str, float]
 ) -> tuple[ResolvedVocab, torch.Tensor]:
     """The classes and their C×P×D embeddings: cache tiers in a worker thread, misses on the model thread
-    a chunk at a time (other requests' batches run in between), then written back in a worker thread."""
+    (encoding.py), then written back in a worker thread."""
     start = time.perf_counter()
     vocab, lookup = await run_in_threadpool(_lookup, state, options)
     encoded = None
     if lookup.missing:
-        engine, chunk = state.engine, state.settings.text_chunk_classes
-        assert engine is not None  # admitted, so the model is ready
+        assert state.engine is not None  # admitted, so the model is ready
         deadline = start + state.settings.request_timeout_s
-        parts = []
-        for first in range(0, len(lookup.missing), chunk):
-            if time.perf_counter() > deadline:
-                raise state.batcher.timed_out()
-            prompts = lookup.missing[first : first + chunk]
-            parts.append(await state.batcher.between_batches(partial(engine.encode_text, prompts)))
-        encoded = torch.cat(parts)
+        encoded = await state.text_encoder.encode(state.engine.encode_text, lookup.missing, deadline)
     assert state.store is not None
     text = await run_in_threadpool(state.store.complete, lookup, encoded)
     timings["text"] = time.perf_counter() - start
