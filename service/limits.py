@@ -2,10 +2,11 @@
 time, and `X-Content-Type-Options: nosniff` on every answer.
 
 uvicorn (h11) parses HTTP/1.1 before this runs and itself answers 400 (text/plain, connection closed) to
-conflicting or non-numeric Content-Length values and 501 to a Transfer-Encoding other than chunked. It accepts
-two equal Content-Length headers, and Content-Length together with chunked (reading the body as chunked):
-both are refused here with 400 JSON and the connection closed, so that a proxy in front which framed the
-request by the other header cannot smuggle a second request through this worker.
+conflicting or non-numeric Content-Length values and 501 to a Transfer-Encoding other than chunked; equal
+duplicates ("5" twice, or "5, 5") it merges into one, as RFC 9112 §6.3 allows. It accepts Content-Length
+together with chunked, reading the body as chunked: that is refused here with 400 JSON and the connection
+closed, so that a proxy in front which framed the request by Content-Length cannot smuggle a second request
+through this worker.
 The size limit checks Content-Length up front and counts the stream as it arrives (chunked uploads have no
 Content-Length, and a client may lie about it); the read-time limit covers the whole body, so a client
 sending a byte a second cannot hold a worker's place for long.
@@ -76,10 +77,10 @@ class RequestGuardMiddleware:
         if self.hosts is not None and _host_name(scope) not in self.hosts:
             message = "this server does not answer to that Host name"
             return error_response(400, "invalid_host", message, CLOSE_CONNECTION)
-        if len(lengths) > 1 or (lengths and chunked):
-            message = "give one Content-Length, or Transfer-Encoding: chunked, not both or twice"
+        if lengths and chunked:
+            message = "give Content-Length or Transfer-Encoding: chunked, not both"
             return error_response(400, "bad_framing", message, CLOSE_CONNECTION)
-        if lengths and int(lengths[0]) > self.max_bytes:  # h11 let only digits through
+        if lengths and int(lengths[0]) > self.max_bytes:  # h11 lets one number through, digits only
             error = RequestTooLarge(self.max_bytes)
             return error_response(error.status, error.code, error.message, error.headers)
         return None
