@@ -13,7 +13,15 @@ import numpy as np
 
 from service.engine import SegmentOutput
 from service.images import DecodedImage
-from service.masks import class_rle, compact_labels, label_png, overlay_png, palette_hex, scale_labels
+from service.masks import (
+    class_rle,
+    compact_labels,
+    label_png,
+    overlay_png,
+    palette_hex,
+    scale_labels,
+    scaled_areas,
+)
 from service.schemas import EncodedImage, Rle, Segment, SegmentOptions, SegmentResponse
 from service.vocabularies import ResolvedVocab
 
@@ -31,8 +39,8 @@ def json_answer(
     segmentation = output.segmentation
     label_map = _full_size_labels(decoded, output, vocab)
     areas = segmentation.areas
-    if decoded.reduced:  # count the pixels of the answer, so areas agree with its PNG and RLE
-        areas = np.bincount(label_map.ravel(), minlength=len(vocab.classes))
+    if decoded.reduced:  # the pixels of the answer, so that areas agree with its PNG and RLE
+        areas = scaled_areas(segmentation.label_map, decoded.height, decoded.width, len(vocab.classes))
     with_rle = options.output in ("rle", "both")
     colours = palette_hex(len(vocab.classes)) if options.overlay else None
     segments = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 
@@ -48,15 +48,16 @@ class TextEncoder:
                 done(len(chunk), time.perf_counter() - start)
             return torch.cat(parts)
 
+    def check_room(self, names: Sequence[str]) -> None:
+        """EncodingBacklogFull now if these class names, when all new, would not fit the backlog: asked
+        before their prompts are built, so that a stream of such requests costs little to refuse."""
+        with self._lock:
+            self._refuse_beyond(len(names))
+
     @contextmanager
     def _reserve(self, classes: int) -> Iterator[Callable[[int, float], None]]:
         with self._lock:
-            if self._waiting and self._waiting + classes > self.backlog_classes:
-                self.metrics.rejected.labels("text_backlog").inc()
-                raise EncodingBacklogFull(
-                    f"{self._waiting} new class names are waiting to be encoded already; retry shortly",
-                    self._waiting * max(self._seconds_per_class, 0.01),
-                )
+            self._refuse_beyond(classes)
             self._waiting += classes
         left = classes
 
@@ -73,3 +74,11 @@ class TextEncoder:
         finally:
             with self._lock:
                 self._waiting -= left
+
+    def _refuse_beyond(self, classes: int) -> None:
+        if self._waiting and self._waiting + classes > self.backlog_classes:
+            self.metrics.rejected.labels("text_backlog").inc()
+            raise EncodingBacklogFull(
+                f"{self._waiting} new class names are waiting to be encoded already; retry shortly",
+                self._waiting * max(self._seconds_per_class, 0.01),
+            )

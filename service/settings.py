@@ -80,8 +80,10 @@ class Settings(BaseSettings):
     # Request limits ----------------------------------------------------------------------------------------
     max_request_bytes: int = Field(20 * 2**20, ge=1024, description="request body size limit (413)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width × height limit (413)")
+    # 2× the edge refinement's side (256) and above every preset's input (96-384 px; keep it above a sliding
+    # window's resized side too): detail beyond it is only interpolation, at 4× the cost per doubling.
     max_segment_side: int = Field(
-        1024, ge=64, description="larger images are decoded to this many pixels a side and segmented so; "
+        512, ge=64, description="larger images are decoded to this many pixels a side and segmented so; "
         "label maps come back at the full size"
     )
     body_timeout_s: float = Field(30.0, gt=0, description="longest time to receive a request body (408)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prompt_cache import Bank, PromptBuilder, PromptSet, VocabRegistry, Vocabulary, vocab_id_for
@@ -32,6 +32,7 @@ class ResolvedVocab:
 class Vocabularies:
     def __init__(self, registry: VocabRegistry, bank: Bank, max_classes: int, max_class_chars: int) -> None:
         self.registry = registry
+        self.bank = bank
         self.builtins = {
             name: Vocabulary(vocab_id_for(classes), name, tuple(classes), bank.prompt_version, created=0.0)
             for name in bank.vocabulary_names()
@@ -43,10 +44,16 @@ class Vocabularies:
         self._prompt_sets: OrderedDict[str, PromptSet] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
-    def inline(self, classes: Sequence[str]) -> ResolvedVocab:
-        """A class list sent with the request; its id is the one POST /vocab would give it."""
+    def inline(
+        self, classes: Sequence[str], before_building: Callable[[list[str]], None] | None = None
+    ) -> ResolvedVocab:
+        """A class list sent with the request; its id is the one POST /vocab would give it.
+        `before_building(names the bank lacks)` runs before prompts are built for a list not seen lately
+        (it may refuse: building ~1000 new names' prompts takes a worker thread ~0.2 s)."""
         checked = validate_class_list(classes, None, self.max_classes, self.max_class_chars)
         vocab_id = vocab_id_for(checked.names)
+        if before_building is not None and vocab_id not in self._prompt_sets:
+            before_building([name for name in checked.names if name not in self.bank])
         return ResolvedVocab(vocab_id, None, list(checked.names), self.prompts(vocab_id, checked))
 
     def registered(self, id_or_name: str) -> ResolvedVocab:

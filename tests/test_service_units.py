@@ -20,7 +20,7 @@ from service.errors import ApiError
 from service.exceptions import ModelFailed, QueueFull
 from service.images import decode_base64_image, decode_image
 from service.loader import FALLBACK_PRESET, ModelPlan, load_model, plan_model
-from service.masks import class_rle, label_png, overlay_png, palette
+from service.masks import class_rle, label_png, overlay_png, palette, scale_labels, scaled_areas
 from service.metrics import Metrics
 from service.routes.segment import _prefers_png
 from service.settings import DEFAULT_CHECKPOINT, Settings
@@ -46,6 +46,31 @@ def test_rle_is_pycocotools_column_major_encoding():
     # Same string as pycocotools' own encoding of the column-major (Fortran-ordered) mask.
     reference = coco_mask.encode(np.asfortranarray((label_map == 1).astype(np.uint8)))
     assert rle["counts"] == reference["counts"].decode()
+
+
+@pytest.mark.parametrize(
+    ("small", "full"), [((7, 5), (13, 29)), ((512, 384), (6000, 4500)), ((3, 100), (7, 1000))]
+)
+def test_labels_scale_up_by_pixel_centre_and_areas_are_counted_on_the_small_map(small, full):
+    label_map = np.random.default_rng(0).integers(0, 9, size=small).astype(np.uint8)
+    scaled = scale_labels(label_map, *full)
+    rows = ((np.arange(full[0]) + 0.5) * small[0] / full[0]).astype(int)
+    columns = ((np.arange(full[1]) + 0.5) * small[1] / full[1]).astype(int)
+    np.testing.assert_array_equal(scaled, label_map[rows[:, None], columns[None, :]])
+    np.testing.assert_array_equal(scaled_areas(label_map, *full, 9), np.bincount(scaled.ravel(), minlength=9))
+
+
+def test_decoding_a_large_image_reduces_it_and_keeps_its_displayed_size():
+    rotated = Image.new("RGB", (3000, 1000), (200, 10, 10))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    for data in (_encode(rotated, "JPEG", exif=exif.tobytes()), _encode(Image.new("P", (3000, 1000)), "PNG")):
+        decoded = decode_image(data, max_pixels=10_000_000, max_side=600)
+        assert max(decoded.rgb.shape[:2]) == 600 and decoded.reduced
+    assert (decoded.width, decoded.height) == (3000, 1000)  # the PNG
+    jpeg = decode_image(_encode(rotated, "JPEG", exif=exif.tobytes()), max_pixels=10_000_000, max_side=600)
+    assert (jpeg.width, jpeg.height) == (1000, 3000) and jpeg.rgb.shape == (600, 200, 3)
+    assert not decode_image(_encode(rotated, "PNG"), max_pixels=10_000_000, max_side=3000).reduced
 
 
 def test_palette_is_fixed_and_overlay_keeps_the_size():

@@ -128,7 +128,7 @@ def _lookup(state: ServiceState, options: SegmentOptions) -> tuple[ResolvedVocab
         vocab = state.vocabularies.registered(options.vocab_id)
     else:
         assert options.classes is not None
-        vocab = state.vocabularies.inline(options.classes)
+        vocab = state.vocabularies.inline(options.classes, state.text_encoder.check_room)
     assert state.store is not None
     return vocab, state.store.lookup(vocab.prompts.prompts)
 
