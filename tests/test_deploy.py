@@ -311,10 +311,12 @@ def test_compose_prometheus_scrapes_the_worker_metrics_route():
         path
         for pattern in config["rule_files"]
         for target, source in mounts.items()
-        if pattern.startswith(target + "/")
-        for path in source.glob(pattern.removeprefix(target + "/"))
+        for path in ([source] if pattern == target else source.glob(pattern.removeprefix(target + "/"))
+                     if pattern.startswith(target + "/") and source.is_dir() else [])
     ]
     assert rule_files, "no recording rules are mounted where prometheus.yml looks for them"
+    for path in rule_files:  # nothing but rule groups (deploy/prometheus also holds Kubernetes files)
+        assert set(load_yaml(path)) == {"groups"}, f"{path} is loaded as a rules file but is not one"
 
 
 def test_compose_cpu_override_runs_the_demo_checkpoint_without_a_gpu():
