@@ -1,6 +1,7 @@
 """The training loop on the `tiny` preset and synthetic scenes: it learns, checkpoints, resumes exactly, and
 runs under torchrun DDP."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -161,3 +162,19 @@ def test_ddp_two_processes_on_cpu_keep_identical_weights(tmp_path: Path) -> None
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert len(losses(tmp_path)) == 3
     assert (tmp_path / "final.safetensors").is_file()
+
+
+def test_warmup_cosine_ramps_up_then_decays_to_zero():
+    from training.schedule import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = warmup_cosine(optimizer, total_steps=12, warmup_steps=4)
+    rates = []
+    for _ in range(14):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0])  # (step + 1) / warm-up
+    assert rates[8] == pytest.approx(1.0)  # half-way through the 8 cosine steps
+    assert rates[12:] == pytest.approx([0.0, 0.0])  # zero at the end and after it
+    assert all(a >= b for a, b in itertools.pairwise(rates[3:]))

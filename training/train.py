@@ -14,10 +14,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from model import LSMSeg, build_model, load_checkpoint, save_checkpoint
 from training.data import LoaderSpec, training_batches
 from training.loss import class_presence, segmentation_loss
 from training.prompts import class_prompts, dataset_descriptions
+from training.schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -133,19 +133,6 @@ def _device(config: TrainConfig, distributed: _Distributed) -> torch.device:
     return torch.device(kind)
 
 
-def _schedule(config: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to zero at the last iteration."""
-
-    def factor(iteration: int) -> float:
-        if iteration < config.warmup_iterations:
-            return (iteration + 1) / config.warmup_iterations
-        span = max(config.iterations - config.warmup_iterations, 1)
-        progress = min((iteration - config.warmup_iterations) / span, 1.0)
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def _build(config: TrainConfig) -> LSMSeg:
     if config.init_checkpoint:
         return load_checkpoint(config.init_checkpoint, sam_checkpoint=config.sam_checkpoint)
@@ -191,7 +178,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameter_groups(config.lr, config.weight_decay, config.clip_lr_multiplier)
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self.scheduler = warmup_cosine(self.optimizer, config.iterations, config.warmup_iterations)
         self.iteration = 0
         self.autocast_dtype = self._precision()
 
