@@ -17,7 +17,7 @@ from prompt_cache.cli import main
 
 BANK = Bank()
 # A user's own vocabulary, in a file; generate skips what the bank already describes ("cat").
-OWN_CLASSES = ["weather vane", "Hammock", "espresso machine", "cat", "snow globe", "bird bath", "wind chime"]
+OWN_CLASSES = ["weather vane", "Lava Lamp", "espresso machine", "cat", "snow globe", "bird bath", "wind chime"]
 UNDESCRIBED = [name.lower() for name in OWN_CLASSES if name not in BANK]
 
 
@@ -92,10 +92,10 @@ def test_generate_keeps_progress_and_fails_clearly_when_the_llm_breaks(
 
 
 def test_generate_without_an_llm_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    tmp_path: Path, classes_file: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     monkeypatch.delenv("LSMSEG_LLM_URL", raising=False)
-    assert main(["generate", "--vocab", "ade847", "--out", str(tmp_path / "x.json")]) == 2
+    assert main(["generate", "--classes", str(classes_file), "--out", str(tmp_path / "x.json")]) == 2
     assert "no LLM is configured: set LSMSEG_LLM_URL and LSMSEG_LLM_MODEL" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
 
@@ -132,3 +132,20 @@ def test_list_counts_classes_per_vocabulary(capsys) -> None:
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["ade847"][0] == "847"
     assert rows["voc20"][0] == "20"
+
+
+def test_list_and_show_cover_every_class_of_the_large_benchmarks(capsys) -> None:
+    assert main(["list"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["ade847"] == ["847", "847"] and rows["pc459"] == ["459", "459"]
+    for vocabulary in ("ade847", "pc459"):
+        for index, name in enumerate(BANK.vocabulary(vocabulary)):
+            assert main(["show", "--vocab", vocabulary, "--class", name]) == 0
+            out = capsys.readouterr().out
+            assert out.startswith(f"{name}  (class {index} of {vocabulary}, source: bank)"), out[:200]
+            assert len(out.strip().splitlines()) == 1 + len(ATTRIBUTES)
+
+
+def test_generate_has_nothing_left_to_ask_for_a_fully_described_vocabulary(tmp_path: Path, capsys) -> None:
+    assert main(["generate", "--vocab", "pc459", "--out", str(tmp_path / "pc459.json")]) == 0
+    assert "all 459 classes of pc459 are already described" in capsys.readouterr().out
