@@ -1,5 +1,5 @@
-"""The documentation's links hold: every relative link and #anchor in README.md and docs/ resolves (a moved file
-or a renamed heading fails here), every docs page is reachable, and every service setting is documented."""
+"""The documentation holds together: every relative link and #anchor in README.md and docs/ resolves (a moved
+file or a renamed heading fails here), every docs page is linked, and every service setting is documented."""
 
 from __future__ import annotations
 
@@ -117,11 +117,17 @@ def test_the_checker_finds_missing_files_and_anchors_and_ignores_code(tmp_path):
     ]
 
 
-def test_github_slugs_of_headings_with_code_links_and_punctuation():
-    assert github_slug("The demo model (`python -m training.demo`)") == "the-demo-model-python--m-trainingdemo"
-    assert github_slug("Service load (`benchmarks/service_load.py`)") == "service-load-benchmarksservice_loadpy"
-    assert github_slug("Redis: persistence and eviction") == "redis-persistence-and-eviction"
-    assert github_slug("The paper's ablations in [miniature](x.md)") == "the-papers-ablations-in-miniature"
+@pytest.mark.parametrize(
+    ("heading", "slug"),
+    [
+        ("The demo model (`python -m training.demo`)", "the-demo-model-python--m-trainingdemo"),
+        ("Service load (`benchmarks/service_load.py`)", "service-load-benchmarksservice_loadpy"),
+        ("Redis: persistence and eviction", "redis-persistence-and-eviction"),
+        ("The paper's ablations in [miniature](x.md)", "the-papers-ablations-in-miniature"),
+    ],
+)
+def test_github_slugs_of_headings_with_code_links_and_punctuation(heading, slug):
+    assert github_slug(heading) == slug
 
 
 def test_every_docs_page_is_linked_from_the_readme_or_another_page():
@@ -137,5 +143,5 @@ def test_every_docs_page_is_linked_from_the_readme_or_another_page():
 
 def test_configuration_page_documents_every_service_setting():
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    missing = [f"LSMSEG_{name.upper()}" for name in Settings.model_fields if f"LSMSEG_{name.upper()}" not in page]
-    assert missing == []
+    variables = [f"LSMSEG_{name.upper()}" for name in Settings.model_fields]
+    assert [variable for variable in variables if variable not in page] == []
