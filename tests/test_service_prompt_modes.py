@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from service_server import ServiceProcess, image_bytes
 
 from model import LSMSeg, build_model, get_config, load_checkpoint, save_checkpoint
-from prompt_cache import Bank, catseg_prompt, embedding_key, ensemble_encoder
+from prompt_cache import PROMPT_MODES, Bank, catseg_prompt, embedding_key, ensemble_encoder
 from prompt_cache.prompts import pick_prompts
 from service.loader import ModelConfigError, plan_model
 from service.settings import Settings
@@ -98,3 +99,10 @@ def test_a_recorded_mode_the_model_cannot_run_is_refused_before_loading(tmp_path
     with pytest.raises(ModelConfigError, match=refusal):
         plan_model(Settings(checkpoint=path))
     assert plan_model(Settings(checkpoint=path, prompt_mode="attributes")).prompt_mode == "attributes"
+
+
+def test_the_setting_takes_exactly_the_prompt_modes() -> None:
+    # settings.py spells the modes out (importing prompt_cache there would pull in torch).
+    annotation = Settings.model_fields["prompt_mode"].annotation
+    literal = next(arg for arg in get_args(annotation) if arg is not type(None))
+    assert get_args(literal) == PROMPT_MODES
