@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from recorded_mode import save_with_prompt_mode
 
 from model import LSMSeg, build_model, get_config, save_checkpoint
 from training.datasets import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
@@ -97,7 +98,7 @@ def _cli_result(checkpoint: Path, out: Path, *flags: str) -> dict:
 def test_cli_evaluates_with_the_recorded_prompt_mode_and_catseg_protocol(tmp_path: Path) -> None:
     torch.manual_seed(4)
     model = build_model(get_config("tiny").replace(prompts_per_class=1)).eval()
-    checkpoint = save_checkpoint(model, tmp_path / "catseg.safetensors", {"prompt_mode": "catseg"})
+    checkpoint = save_with_prompt_mode(model, tmp_path / "catseg.safetensors", "catseg")
     result = _cli_result(checkpoint, tmp_path / "a.json", "--protocol", "catseg")
     assert result["prompt_mode"] == "catseg" and result["protocol"] == "catseg"
     assert result["prompt_sources"] == {"user": 0, "bank": 0, "llm": 0, "template": 58}

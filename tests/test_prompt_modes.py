@@ -8,6 +8,7 @@ import pytest
 import redis
 import torch
 import torch.nn.functional as F
+from recorded_mode import save_with_prompt_mode
 
 from model import LSMSeg, build_model, get_config, read_metadata, save_checkpoint
 from prompt_cache import (
@@ -170,8 +171,7 @@ def test_ensemble_store_takes_classes_with_different_sentence_counts(single_prom
 
 
 def test_checkpoints_record_their_prompt_mode(tmp_path: Path, single_prompt_model: LSMSeg) -> None:
-    # save_checkpoint's `extra` is where the mode goes (part A of issue 24 reads it back as its own key).
-    recorded = save_checkpoint(single_prompt_model, tmp_path / "a.safetensors", {"prompt_mode": "catseg"})
+    recorded = save_with_prompt_mode(single_prompt_model, tmp_path / "a.safetensors", "catseg")
     plain = save_checkpoint(single_prompt_model, tmp_path / "b.safetensors")
     assert recorded_prompt_mode(read_metadata(recorded)) == "catseg"
     assert recorded_prompt_mode(read_metadata(plain)) == "attributes"

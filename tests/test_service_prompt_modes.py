@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import redis
 import torch
+from recorded_mode import save_with_prompt_mode
 from service_server import ServiceProcess, image_bytes
 
-from model import LSMSeg, build_model, get_config, load_checkpoint, save_checkpoint
+from model import LSMSeg, build_model, get_config, load_checkpoint
 from prompt_cache import PROMPT_MODES, Bank, catseg_prompt, embedding_key, ensemble_encoder
 from prompt_cache.prompts import pick_prompts
 from service.loader import ModelConfigError, plan_model
@@ -24,7 +25,7 @@ def catseg_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, L
     torch.manual_seed(6)
     model = build_model(get_config("tiny").replace(prompts_per_class=1)).eval()
     path = tmp_path_factory.mktemp("checkpoints") / "catseg-tiny.safetensors"
-    save_checkpoint(model, path, {"prompt_mode": "catseg"})
+    save_with_prompt_mode(model, path, "catseg")
     return path, load_checkpoint(path)
 
 
@@ -94,7 +95,7 @@ def test_the_same_checkpoint_in_ensemble_mode_averages_the_sentences(
 
 
 def test_a_recorded_mode_the_model_cannot_run_is_refused_before_loading(tmp_path: Path, tiny_model: LSMSeg):
-    path = save_checkpoint(tiny_model, tmp_path / "odd.safetensors", {"prompt_mode": "catseg"})  # P = 2
+    path = save_with_prompt_mode(tiny_model, tmp_path / "odd.safetensors", "catseg")  # P = 2
     refusal = r"the checkpoint's recorded mode: prompt mode 'catseg'.* 2 prompts per class"
     with pytest.raises(ModelConfigError, match=refusal):
         plan_model(Settings(checkpoint=path))
