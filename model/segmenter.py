@@ -203,7 +203,8 @@ class Segmenter:
         views = self.catseg.views(image, self.image_size, self.device)
         window = (self.catseg.window, self.catseg.window)
         probs, selection = self._probabilities(views, None, text, k, timings, output_size=window)
-        return self.catseg.combine(probs, selection)
+        with self._stage(timings, "postprocess"):
+            return self.catseg.combine(probs, selection)
 
     def _label_map(
         self, probs: torch.Tensor, classes: torch.Tensor, image: np.ndarray, num_classes: int
