@@ -17,7 +17,7 @@ from prompt_cache.cli import main
 
 BANK = Bank()
 # A user's own vocabulary, in a file; generate skips what the bank already describes ("cat").
-OWN_CLASSES = ["weather vane", "Lava Lamp", "espresso machine", "cat", "snow globe", "bird bath", "wind chime"]
+OWN_CLASSES = ["weather vane", "lava lamp", "espresso machine", "cat", "snow globe", "bird bath", "sundial"]
 UNDESCRIBED = [name.lower() for name in OWN_CLASSES if name not in BANK]
 
 
