@@ -16,13 +16,28 @@ from model.lsmseg import LSMSeg
 
 FORMAT = "lsmseg-checkpoint/1"
 _SAM_PREFIX = "sam."
+# How the model's class prompts are made (prompt_cache builds them): "attributes" = the bank's attribute
+# descriptions (LSMSeg's own), "catseg" = CAT-Seg's template, "ensemble" = averaged descriptions for P = 1.
+PROMPT_MODES = ("attributes", "catseg", "ensemble")
+DEFAULT_PROMPT_MODE = "attributes"  # also what checkpoints written before the field mean
+
+
+def _check_prompt_mode(mode: str) -> str:
+    if mode not in PROMPT_MODES:
+        raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {mode!r}")
+    return mode
 
 
 def save_checkpoint(
-    model: LSMSeg, path: str | Path, extra: dict[str, Any] | None = None, include_sam: bool | None = None
+    model: LSMSeg,
+    path: str | Path,
+    extra: dict[str, Any] | None = None,
+    include_sam: bool | None = None,
+    prompt_mode: str = DEFAULT_PROMPT_MODE,
 ) -> Path:
     """Write the model's weights and config. Frozen SAM weights are left out by default when they are an
-    official segment-anything file (the loader takes that file instead); `extra` goes into the metadata."""
+    official segment-anything file (the loader takes that file instead); `extra` goes into the metadata, and
+    `prompt_mode` (one of PROMPT_MODES) says how the model's prompts are to be made."""
     if include_sam is None:
         include_sam = model.config.sam is None or model.config.sam.checkpoint_file is None
     state = {
@@ -36,6 +51,7 @@ def save_checkpoint(
         "config": model.config.to_json(),
         "includes_sam": json.dumps(include_sam and model.sam is not None),
         "prompt_version": str(extra.pop("prompt_version", "")),
+        "prompt_mode": _check_prompt_mode(prompt_mode),
         "extra": json.dumps(extra, sort_keys=True),
     }
     path = Path(path)
@@ -45,7 +61,8 @@ def save_checkpoint(
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's metadata, decoded: config (LSMSegConfig), includes_sam, prompt_version, extra."""
+    """The checkpoint's metadata, decoded: config (LSMSegConfig), includes_sam, prompt_version, prompt_mode,
+    extra."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -59,6 +76,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         "config": LSMSegConfig.from_json(raw["config"]),
         "includes_sam": json.loads(raw["includes_sam"]),
         "prompt_version": raw["prompt_version"],
+        "prompt_mode": _check_prompt_mode(raw.get("prompt_mode", DEFAULT_PROMPT_MODE)),
         "extra": json.loads(raw["extra"]),
     }
 
