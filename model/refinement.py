@@ -31,7 +31,7 @@ def _from_windows(x: torch.Tensor, window: int, height: int, width: int) -> torc
     return x.reshape(*lead, height, width, channels)
 
 
-def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+def shift_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """nW×1×L×L boolean mask: after the cyclic shift, tokens attend only to tokens of their own region."""
     regions = torch.zeros(height, width, device=device)
     label = 0
@@ -84,7 +84,7 @@ class SpatialBlock(nn.Module):
         query, key, value = (z.flatten(0, 1).flatten(1, 2) for z in (query, key, value))
         mask = None
         if shift:
-            mask = _shift_mask(height + pad_h, width + pad_w, window, shift, x.device)
+            mask = shift_window_mask(height + pad_h, width + pad_w, window, shift, x.device)
             mask = mask.expand(-1, self.num_heads, -1, -1).flatten(0, 1)[None]
         attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask).view(
             *lead, -1, query.shape[-1]
