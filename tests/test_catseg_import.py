@@ -255,3 +255,24 @@ def test_full_size_vit_b16_import_equals_the_reference(tmp_path: Path) -> None:
     normalised = (images - model.clip.mean) / model.clip.std
     reference = catseg_logits(state, normalised, text, clip_heads=12, heads=4, pad_len=256, shallow=3, deep=7)
     torch.testing.assert_close(_our_logits(model, images, text), reference, atol=1e-4, rtol=1e-4)
+
+
+def test_an_imported_checkpoint_serves_with_no_other_setting(
+    catseg_file: Path, tmp_path: Path, redis_url: str
+) -> None:
+    from service_server import ServiceProcess, image_bytes
+
+    path = write_catseg_checkpoint(catseg_file, tmp_path / "catseg-tiny.safetensors", tiny_variant())
+    service = ServiceProcess(tmp_path / "service.log", checkpoint=path, redis_url=redis_url).start()
+    try:
+        with service.client() as client:
+            model = client.readiness()["model"]
+            assert model["name"] == "catseg-tiny" and model["source"] == "checkpoint"
+            assert (model["image_size"], model["prompts_per_class"]) == (64, 1)
+            classes = ["cat", "sofa", "wall"]
+            result = client.segment(image_bytes(80, 60, seed=4), classes=classes, output="both")
+        assert result.label_map.shape == (60, 80)
+        assert {segment.class_name for segment in result.segments} <= set(classes)
+        assert sum(segment.area for segment in result.segments) == 80 * 60
+    finally:
+        service.stop()
