@@ -276,3 +276,48 @@ def test_an_imported_checkpoint_serves_with_no_other_setting(
         assert sum(segment.area for segment in result.segments) == 80 * 60
     finally:
         service.stop()
+
+
+def test_lsmseg_training_from_an_import_starts_exactly_at_it_and_then_moves(
+    catseg_file: Path, tmp_path: Path
+) -> None:
+    from training.datasets import SyntheticScenes
+    from training.train import TrainConfig, Trainer
+
+    path = write_catseg_checkpoint(catseg_file, tmp_path / "catseg-tiny.safetensors", tiny_variant())
+    config = TrainConfig(
+        preset="tiny",  # whose (tiny, random) SAM is added; the full-size presets' is SAM-L
+        init=str(path),
+        fusion="weight",
+        iterations=1,
+        batch_size=2,
+        lr=1e-2,
+        grad_clip=None,
+        num_workers=0,
+        output_dir=str(tmp_path / "run"),
+        device="cpu",
+    )
+    trainer = Trainer(config, dataset=SyntheticScenes("train", num_images=4, image_size=64, seed=3))
+    model = trainer.model
+    assert model.sam is not None and model.config.head.fusion_gate
+    assert [level.gate.shape[0] for level in model.fusion.levels] == [64, 64, 32]  # E_3 = dense, at E
+    imported = load_checkpoint(path)
+    text = F.normalize(torch.randn(5, 1, 32), dim=-1)
+    with torch.no_grad():
+        start = model.eval()(_images(), text)
+        torch.testing.assert_close(start, imported(_images(), text), atol=0, rtol=0)  # step 0: the import
+    model.train()
+    trainer.fit()
+    assert all(level.gate.abs().max() > 0 for level in model.fusion.levels)  # the gate moved first
+    images, labels = next(trainer._batches())
+    trainer.step(images, labels).backward()  # now the gradient reaches the adapters and weight generators
+    for level in model.fusion.levels:
+        assert level.adapter.mlp[0].weight.grad.abs().max() > 0
+        assert level.weight_generator.local[-1].weight.grad.abs().max() > 0
+    assert all(param.grad is None for param in model.sam.parameters())  # SAM stays frozen
+    with torch.no_grad():
+        assert (model.eval()(_images(), text) - start).abs().max() > 1e-4
+    final = read_metadata(tmp_path / "run" / "final.safetensors")
+    assert final["config"].name == "catseg-tiny+sam" and final["prompt_mode"] == "attributes"
+    with pytest.raises(ValueError, match="fusion= adds SAM to an init= checkpoint"):
+        TrainConfig(fusion="weight")

@@ -187,7 +187,7 @@ def train_head(
     train_config = TrainConfig(
         preset="demo",
         clip_pretrained=None,
-        init_checkpoint=str(init_checkpoint),
+        init=str(init_checkpoint),
         dataset="synthetic-train",
         iterations=config.iterations,
         batch_size=config.batch_size,

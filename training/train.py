@@ -2,6 +2,7 @@
 
     lsmseg-train --config configs/vit-b16.yaml iterations=1000 output_dir=runs/try
     torchrun --nproc-per-node 4 -m training.train --config configs/vit-b16.yaml
+    lsmseg-train init=catseg-b16.safetensors fusion=weight sam_checkpoint=sam_vit_l_0b3195.pth  # from CAT-Seg
 
 Single process or torchrun DDP (one process per GPU, gloo on CPU). Resumable: model, optimiser, schedule,
 RNG state and the data position are saved every `checkpoint_every` iterations.
@@ -29,7 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import LSMSeg, build_model, load_checkpoint, save_checkpoint
+from model import LSMSeg, add_sam, build_model, get_config, load_checkpoint, save_checkpoint
 from training.data import LoaderSpec, training_batches
 from training.loss import class_presence, segmentation_loss
 from training.prompts import class_prompts, dataset_descriptions
@@ -37,6 +38,9 @@ from training.prompts import class_prompts, dataset_descriptions
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
+# How training makes its class prompts (TrainConfig.prompts picks bank or template within it), recorded in the
+# checkpoints it writes. The one place to change when training takes the catseg / ensemble prompt modes.
+PROMPT_MODE = "attributes"
 
 
 @dataclass
@@ -44,7 +48,10 @@ class TrainConfig:
     preset: str = "vit-b16-sam-l"
     clip_pretrained: str | None = "openai"
     sam_checkpoint: str | None = None
-    init_checkpoint: str | None = None  # start from an LSMSeg checkpoint instead of the preset's backbones
+    init: str | None = None  # start from an LSMSeg checkpoint instead of the preset's backbones
+    # With init: add `preset`'s frozen SAM and this fusion to a model without SAM (e.g. an imported CAT-Seg);
+    # "weight" starts zero-gated, i.e. exactly at the init model's outputs.
+    fusion: str | None = None
     dataset: str = "coco171-train"
     dataset_root: str | None = None
     prompts: str = "bank"  # "bank" (bank -> LLM -> template, per PromptBuilder) or "template"
@@ -84,6 +91,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.fusion is not None and self.init is None:
+            raise ValueError("fusion= adds SAM to an init= checkpoint; a preset brings its own fusion")
 
 
 class TrainStep(nn.Module):
@@ -147,8 +158,14 @@ def _schedule(config: TrainConfig) -> Callable[[int], float]:
 
 
 def _build(config: TrainConfig) -> LSMSeg:
-    if config.init_checkpoint:
-        return load_checkpoint(config.init_checkpoint, sam_checkpoint=config.sam_checkpoint)
+    if config.init:
+        model = load_checkpoint(config.init, sam_checkpoint=config.sam_checkpoint)
+        if config.fusion is None:
+            return model
+        sam = get_config(config.preset).sam
+        if sam is None:
+            raise ValueError(f"preset {config.preset!r} has no SAM encoder to add; pick one that has")
+        return add_sam(model, sam, config.fusion, config.sam_checkpoint)
     return build_model(
         config.preset, clip_pretrained=config.clip_pretrained, sam_checkpoint=config.sam_checkpoint
     )
@@ -180,7 +197,7 @@ class Trainer:
         self.model = _build(config).to(self.device).train()
         self.spec = LoaderSpec.from_config(config, self.model.config.image_size, self.distributed.world_size)
         self.dataset = dataset
-        self.prompts, self.prompt_sources = class_prompts(
+        self.prompts, self.prompt_sources = class_prompts(  # made as PROMPT_MODE says
             self._classes(),
             self.model.config.prompts_per_class,
             config.prompts,
@@ -247,7 +264,7 @@ class Trainer:
             "classes": len(self.prompts),
             "prompt_sources": self.prompt_sources,
         }
-        return save_checkpoint(self.model, self.output_dir / name, extra=extra)
+        return save_checkpoint(self.model, self.output_dir / name, extra=extra, prompt_mode=PROMPT_MODE)
 
     # Loop ---------------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
