@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import torch
-from cfm_latency import DTYPES, timed  # the sibling script's timer: median of repeats after a warm-up
+from cfm_latency import DTYPES, device_name, timed  # the sibling script's median-of-repeats timer
 
 from model import build_model, get_config
 
@@ -91,14 +91,9 @@ def main() -> None:
         for classes in args.classes
     }
     summary["pad_overhead_refine"] = padding_rows[0]["refine_s"] / padding_rows[1]["refine_s"]
-    device_name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)"
-    )
     report = {
         "preset": args.preset,
-        "device": device_name,
+        "device": device_name(device),
         "dtype": args.dtype,
         "image_size": size,
         "settings": SETTINGS,
@@ -106,7 +101,7 @@ def main() -> None:
         "padding": padding_rows,
         "summary": summary,
     }
-    print(f"\n{args.preset} on {device_name}, {args.dtype}, CLIP {size}², pad_len {pad_len}")
+    print(f"\n{args.preset} on {device_name(device)}, {args.dtype}, CLIP {size}², pad_len {pad_len}")
     print("| classes | setting | k | refined | clip ms | cfm ms | refine ms | total ms |\n|" + "---|" * 8)
     for r in rows:
         cells = [r["classes"], r["setting"], r["k"], r["refined_classes"]]

@@ -325,14 +325,18 @@ def _sam_vit_l(input_size: int = 1024) -> SamConfig:
     )
 
 
-def _catseg_head() -> HeadConfig:
-    # CAT-Seg's aggregator as configs/vitb_384.yaml and vitl_336.yaml build it, at evaluation pooling [1, 1].
-    return HeadConfig(
+def _catseg(name: str, image_size: int, clip: ClipConfig) -> LSMSegConfig:
+    # CAT-Seg's aggregator as configs/vitb_384.yaml and vitl_336.yaml build it, at evaluation pooling [1, 1];
+    # every class up to 256 is refined (its filter only acts beyond the pad length).
+    head = HeadConfig(
         fusion="none",
         appearance_source="dense",
         class_pad_len=256,
         class_residual="catseg",
         class_out_proj=False,
+    )
+    return LSMSegConfig(
+        name=name, image_size=image_size, clip=clip, sam=None, head=head, prompts_per_class=1, cfm_k=256
     )
 
 
@@ -390,23 +394,15 @@ PRESETS: dict[str, LSMSegConfig] = {
     ),
     # CAT-Seg's released models, exactly (weights: PRETRAINED["catseg-*"] through `lsmseg-import catseg`, so
     # no open_clip tag). E_1 is the deeper tapped block (decoder stage at 4h×4w), E_2 the shallower (2h×2w).
-    "catseg-vit-b16": LSMSegConfig(
-        name="catseg-vit-b16",
+    "catseg-vit-b16": _catseg(
+        "catseg-vit-b16",
         image_size=384,
         clip=_clip_vit_b16(guidance_layers=(7, 3, 11), dense_mode="catseg", pretrained_tag=None),
-        sam=None,
-        head=_catseg_head(),
-        prompts_per_class=1,
-        cfm_k=256,
     ),
-    "catseg-vit-l14-336": LSMSegConfig(
-        name="catseg-vit-l14-336",
+    "catseg-vit-l14-336": _catseg(
+        "catseg-vit-l14-336",
         image_size=336,
         clip=_clip_vit_l14_336(guidance_layers=(15, 7, 23), dense_mode="catseg", pretrained_tag=None),
-        sam=None,
-        head=_catseg_head(),
-        prompts_per_class=1,
-        cfm_k=256,
     ),
 }
 

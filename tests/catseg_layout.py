@@ -7,7 +7,7 @@ random values (the Swin mask with the real −100 pattern) so a tiny file exerci
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -56,22 +56,8 @@ VIT_B16 = Layout(
     decoder_guidance=(256, 128),
     decoder_guidance_proj=(32, 16),
 )
-VIT_L14_336 = Layout(
-    width=1024,
-    layers=24,
-    patch=14,
-    pretrained_grid=24,
-    embed=768,
-    text_width=768,
-    text_layers=12,
-    hidden=128,
-    guidance=128,
-    kernel=7,
-    window=12,
-    grid=24,
-    decoder=(64, 32),
-    decoder_guidance=(256, 128),
-    decoder_guidance_proj=(32, 16),
+VIT_L14_336 = replace(
+    VIT_B16, width=1024, layers=24, patch=14, pretrained_grid=24, embed=768, text_width=768, text_layers=12
 )
 
 
