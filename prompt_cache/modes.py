@@ -48,10 +48,9 @@ def check_prompt_mode(mode: str, prompts_per_class: int) -> None:
 
 
 def recorded_prompt_mode(metadata: Mapping[str, Any]) -> str:
-    """The prompt mode a checkpoint's metadata (model.read_metadata's dict) records; 'attributes' if none.
-    Checkpoints written with save_checkpoint(extra={"prompt_mode": ...}) before read_metadata returned the
-    key itself keep it under "extra"."""
-    return metadata.get("prompt_mode") or metadata.get("extra", {}).get("prompt_mode") or DEFAULT_PROMPT_MODE
+    """The prompt mode a checkpoint's metadata (model.read_metadata's dict) records; 'attributes' (LSMSeg's
+    own prompts) for checkpoints that do not say, which all checkpoints written before the field were."""
+    return metadata.get("prompt_mode") or DEFAULT_PROMPT_MODE
 
 
 def resolve_prompt_mode(recorded: str, override: str | None, prompts_per_class: int) -> str:

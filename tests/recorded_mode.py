@@ -8,6 +8,5 @@ from model import LSMSeg, save_checkpoint
 
 
 def save_with_prompt_mode(model: LSMSeg, path: Path, mode: str) -> Path:
-    """A checkpoint recording `mode`. It travels in save_checkpoint's `extra`, where
-    prompt_cache.modes.recorded_prompt_mode finds it until read_metadata returns the key itself."""
-    return save_checkpoint(model, path, {"prompt_mode": mode})
+    """A checkpoint recording `mode`, as lsmseg-import and lsmseg-train write it."""
+    return save_checkpoint(model, path, prompt_mode=mode)

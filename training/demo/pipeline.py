@@ -159,13 +159,13 @@ def pretrained_demo_model(config: DemoConfig, image_size: int, progress: bool = 
 
 
 def train_head(
-    init_checkpoint: Path, output_dir: Path, config: DemoConfig, dataset: Any, **changes: Any
+    init: Path, output_dir: Path, config: DemoConfig, dataset: Any, **changes: Any
 ) -> Path:
     """LSMSeg training on the seen classes with the real Trainer; returns its final checkpoint."""
     train_config = TrainConfig(
         preset="demo",
         clip_pretrained=None,
-        init_checkpoint=str(init_checkpoint),
+        init=str(init),
         dataset="synthetic-train",
         iterations=config.iterations,
         batch_size=config.batch_size,
