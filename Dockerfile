@@ -20,7 +20,7 @@ ARG CPU_BASE=python:3.11-slim-bookworm
 # ---- the package as a wheel, and its dependency list (pure Python: built once for either variant) ---------
 FROM ${CPU_BASE} AS wheel
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['onnx']))" > /requirements.txt
 COPY model ./model
@@ -34,11 +34,18 @@ FROM ${GPU_BASE} AS torch-gpu
 
 FROM ${CPU_BASE} AS torch-cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN pip install --no-cache-dir --index-url ${TORCH_INDEX_URL} torch torchvision
+# The GPU base's release, so both variants run the same torch (a rebuild never picks up a new one silently).
+ARG TORCH_VERSION=2.12.0
+ARG TORCHVISION_VERSION=0.27.0
+RUN pip install --no-cache-dir --index-url ${TORCH_INDEX_URL} \
+    torch==${TORCH_VERSION} torchvision==${TORCHVISION_VERSION}
 
 # ---- the worker --------------------------------------------------------------------------------------------
+# hadolint ignore=DL3006
 FROM torch-${VARIANT} AS runtime
 ARG ORT_VERSION=1.31.1
+# A failing command on the left of a pipe must fail the build (the constraints below are made by a pipe).
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # No dependency may make pip replace the base's torch (with a build for another CUDA, or gigabytes more).
 # onnxruntime-gpu is pinned with it: its CUDA major must stay the base's (see the top). It also runs on
@@ -74,4 +81,6 @@ FROM runtime AS final-cpu
 COPY checkpoints/demo.safetensors /opt/lsmseg/demo.safetensors
 ENV LSMSEG_CHECKPOINT=/opt/lsmseg/demo.safetensors
 
+# The stages above are the only images named with a variable (DL3006 cannot tell a stage from an image).
+# hadolint ignore=DL3006
 FROM final-${VARIANT}

@@ -40,6 +40,12 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple
     return statistics.median(samples), result
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,14 +118,10 @@ def main() -> None:
         for cfm in (True, False)
         for key in ("total_s", "head_s")
     }
-    device_name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)"
-    )
+    on = device_name(device)
     report = {
         "preset": args.preset,
-        "device": device_name,
+        "device": on,
         "dtype": args.dtype,
         "image_size": size,
         "sam_input_size": config.sam.input_size,
@@ -128,7 +130,7 @@ def main() -> None:
         "summary": summary,
     }
     sam_size = config.sam.input_size
-    print(f"\n{args.preset} on {device_name}, {args.dtype}, CLIP {size}², SAM {sam_size}², k={args.k}")
+    print(f"\n{args.preset} on {on}, {args.dtype}, CLIP {size}², SAM {sam_size}², k={args.k}")
     header = "| classes | CFM | refined | clip ms | sam ms | cfm ms | refine ms | total ms |"
     print(header + "\n|" + "---|" * 8)
     for r in rows:

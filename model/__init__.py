@@ -1,6 +1,8 @@
 """LSMSeg model: pure torch. Public entry points are re-exported here."""
 
-from model.build import WeightsNotFoundError, build_model, load_clip_weights, load_sam_weights
+from model.build import WeightsNotFoundError, add_sam, build_model, load_clip_weights, load_sam_weights
+from model.catseg_import import CatSegImportError, import_catseg
+from model.catseg_protocol import CatSegProtocol
 from model.cfm import Selection, cost_volume, select_categories
 from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from model.config import PRESETS, ClipConfig, HeadConfig, LSMSegConfig, SamConfig, get_config
@@ -10,6 +12,8 @@ from model.segmenter import Segmentation, SegmentationBatch, Segmenter, to_rgb_a
 
 __all__ = [
     "PRESETS",
+    "CatSegImportError",
+    "CatSegProtocol",
     "ClipConfig",
     "EdgeRefinement",
     "HeadConfig",
@@ -22,9 +26,11 @@ __all__ = [
     "Segmenter",
     "Selection",
     "WeightsNotFoundError",
+    "add_sam",
     "build_model",
     "cost_volume",
     "get_config",
+    "import_catseg",
     "load_checkpoint",
     "load_clip_weights",
     "load_sam_weights",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -41,13 +42,18 @@ def build_model(
         )
     if sam_checkpoint is not None:
         load_sam_weights(model, sam_checkpoint)
-    elif config.sam is not None and config.sam.checkpoint_file is not None:
+    else:
+        _warn_if_sam_is_random(config)
+    return model
+
+
+def _warn_if_sam_is_random(config: LSMSegConfig) -> None:
+    if config.sam is not None and config.sam.checkpoint_file is not None:
         logger.warning(
             "SAM of %s is randomly initialised: pass sam_checkpoint (%s)",
             config.name,
             config.sam.checkpoint_file,
         )
-    return model
 
 
 def _looks_like_path(source: str) -> bool:
@@ -123,3 +129,27 @@ def load_sam_weights(model: LSMSeg, path: str | Path) -> None:
     encoder_state = {key: value for key, value in encoder_state.items() if key in wanted}
     model.sam.encoder.load_state_dict(encoder_state, strict=True)
     logger.info("loaded SAM image encoder from %s", path)
+
+
+def add_sam(
+    model: LSMSeg, sam: SamConfig, fusion: str = "weight", sam_checkpoint: str | Path | None = None
+) -> LSMSeg:
+    """A CLIP-only model (fusion "none", e.g. an imported CAT-Seg) with a frozen SAM encoder and the fusion
+    added, every other weight kept. With "weight" the fusion is zero-gated (HeadConfig.fusion_gate), so the
+    new model's outputs equal the old one's until training moves the gate; "mean" / "concat" change them."""
+    if model.sam is not None:
+        raise ValueError(f"{model.config.name!r} already has a SAM encoder")
+    if fusion == "none":
+        raise ValueError("adding SAM needs a fusion other than 'none'")
+    head = dataclasses.replace(model.config.head, fusion=fusion, fusion_gate=fusion == "weight")
+    config = model.config.replace(name=f"{model.config.name}+sam", sam=sam, head=head)
+    extended = LSMSeg(config)
+    missing, unexpected = extended.load_state_dict(model.state_dict(), strict=False)
+    new_parts = [key for key in missing if not key.startswith(("sam.", "fusion."))]
+    if unexpected or new_parts:  # only SAM and the fusion may be new
+        raise ValueError(f"weights that do not carry over: unexpected {unexpected}, missing {new_parts}")
+    if sam_checkpoint is not None:
+        load_sam_weights(extended, sam_checkpoint)
+    else:
+        _warn_if_sam_is_random(config)
+    return extended.train(model.training)

@@ -19,10 +19,16 @@ _SAM_PREFIX = "sam."
 
 
 def save_checkpoint(
-    model: LSMSeg, path: str | Path, extra: dict[str, Any] | None = None, include_sam: bool | None = None
+    model: LSMSeg,
+    path: str | Path,
+    extra: dict[str, Any] | None = None,
+    include_sam: bool | None = None,
+    prompt_mode: str | None = None,
 ) -> Path:
     """Write the model's weights and config. Frozen SAM weights are left out by default when they are an
-    official segment-anything file (the loader takes that file instead); `extra` goes into the metadata."""
+    official segment-anything file (the loader takes that file instead); `extra` goes into the metadata, and
+    `prompt_mode` records how the model's class prompts were made (a prompt_cache.modes name, which is
+    where it is checked when the checkpoint is used)."""
     if include_sam is None:
         include_sam = model.config.sam is None or model.config.sam.checkpoint_file is None
     state = {
@@ -36,6 +42,7 @@ def save_checkpoint(
         "config": model.config.to_json(),
         "includes_sam": json.dumps(include_sam and model.sam is not None),
         "prompt_version": str(extra.pop("prompt_version", "")),
+        "prompt_mode": prompt_mode or "",
         "extra": json.dumps(extra, sort_keys=True),
     }
     path = Path(path)
@@ -45,7 +52,8 @@ def save_checkpoint(
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's metadata, decoded: config (LSMSegConfig), includes_sam, prompt_version, extra."""
+    """The checkpoint's metadata, decoded: config (LSMSegConfig), includes_sam, prompt_version, prompt_mode
+    (None where the checkpoint does not say), extra."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -59,6 +67,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         "config": LSMSegConfig.from_json(raw["config"]),
         "includes_sam": json.loads(raw["includes_sam"]),
         "prompt_version": raw["prompt_version"],
+        "prompt_mode": raw.get("prompt_mode") or None,
         "extra": json.loads(raw["extra"]),
     }
 

@@ -16,7 +16,7 @@ from model.conv_stem import ConvStem
 @dataclass
 class ClipFeatures:
     dense: torch.Tensor  # B×D×h×w: ln_post + proj of the last block's patch tokens (the text space)
-    layers: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # B×W×h×w outputs of the guidance blocks
+    layers: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # B×W×h×w guidance block outputs, config order
 
 
 def _zero_key_rows(grad: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,28 @@ def _zero_key_rows(grad: torch.Tensor) -> torch.Tensor:
     grad = grad.clone()
     grad[width : 2 * width] = 0
     return grad
+
+
+def resize_position_embedding(pos: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """(1 + s²)×W table -> (1 + grid_h·grid_w)×W: patch rows bicubic (align_corners False, no antialias, as
+    CAT-Seg resizes), the class token's row kept."""
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    side = round(patch_pos.shape[0] ** 0.5)
+    if (grid_h, grid_w) == (side, side):
+        return pos
+    patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+    return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
+
+
+def value_only_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """CAT-Seg's dense form of an open_clip ResidualAttentionBlock (B×L×W, batch first): no attention, the
+    value projection alone, with the input's class token in place of each token's own residual."""
+    width = x.shape[-1]
+    attn = block.attn
+    value = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width :], attn.in_proj_bias[2 * width :])
+    x = x[:, :1] + block.ls_1(attn.out_proj(value))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def build_open_clip(config: ClipConfig, image_size: int) -> open_clip.model.CLIP:
@@ -69,14 +91,7 @@ class ClipBackbone(nn.Module):
         ]
 
     def _position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        pos = self.model.visual.positional_embedding
-        cls_pos, patch_pos = pos[:1], pos[1:]
-        side = round(patch_pos.shape[0] ** 0.5)
-        if (grid_h, grid_w) == (side, side):
-            return pos
-        patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-        return torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
+        return resize_position_embedding(self.model.visual.positional_embedding, grid_h, grid_w)
 
     def forward(self, images: torch.Tensor) -> ClipFeatures:
         """images: B×3×H×W in [0, 1]; any H, W that are multiples of the patch size."""
@@ -86,14 +101,18 @@ class ClipBackbone(nn.Module):
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([visual.class_embedding.to(x.dtype).expand(batch, 1, width), x], dim=1)
         x = visual.ln_pre(x + self._position_embedding(grid_h, grid_w).to(x.dtype))
-        layers = []
-        for index, block in enumerate(visual.transformer.resblocks):
-            x = block(x)
+        blocks = visual.transformer.resblocks
+        value_only_last = self.config.dense_mode == "catseg"
+        taps = {}
+        for index, block in enumerate(blocks):
+            # In "catseg" mode the last block's tap (if tapped) is its value-only output, as the dense one.
+            x = value_only_block(block, x) if value_only_last and index == len(blocks) - 1 else block(x)
             if index in self.config.guidance_layers:
-                layers.append(x[:, 1:].transpose(1, 2).reshape(batch, width, grid_h, grid_w))
+                taps[index] = x[:, 1:].transpose(1, 2).reshape(batch, width, grid_h, grid_w)
         dense = visual.ln_post(x[:, 1:]) @ visual.proj
         dense = dense.transpose(1, 2).reshape(batch, -1, grid_h, grid_w)
-        return ClipFeatures(dense=dense, layers=(layers[0], layers[1], layers[2]))
+        first, second, third = (taps[index] for index in self.config.guidance_layers)
+        return ClipFeatures(dense=dense, layers=(first, second, third))
 
     def encode_text(self, prompts: list[list[str]], chunk_size: int = 256) -> torch.Tensor:
         """C lists of P prompts -> C×P×D, L2-normalised. Prompts longer than the context are truncated."""

@@ -18,6 +18,14 @@ SAM_PIXEL_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
 SAM_PIXEL_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
 
 FUSION_MODES = ("weight", "mean", "concat", "none")
+DENSE_MODES = ("standard", "catseg")
+APPEARANCE_SOURCES = ("block", "dense")
+CLASS_RESIDUALS = ("single", "catseg")
+
+
+def _check_choice(field_name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{field_name} must be one of {choices}, got {value!r}")
 
 
 @dataclass
@@ -28,7 +36,8 @@ class ClipConfig:
     vision: dict[str, Any]  # CLIPVisionCfg fields without image_size (that is LSMSegConfig.image_size)
     text: dict[str, Any]  # CLIPTextCfg fields
     quick_gelu: bool
-    guidance_layers: tuple[int, int, int]  # 0-based vision blocks whose outputs become E_1, E_2, E_3
+    # 0-based vision blocks whose outputs become E_1, E_2, E_3, in this order (any order; repeats allowed).
+    guidance_layers: tuple[int, int, int]
     open_clip_name: str | None = None  # name in open_clip's model registry, for pretrained tags
     pretrained_tag: str | None = None  # open_clip tag the preset was designed for, e.g. "openai"
     tokenizer: str = "ViT-B-16"  # open_clip tokenizer name (all OpenAI CLIPs share one BPE vocabulary)
@@ -37,8 +46,17 @@ class ClipConfig:
     # Channels of a convolutional stem in place of the patch projection, one stride-2 stage each (so
     # 2 ** len == patch_size); empty for the official architectures. See model/conv_stem.py.
     conv_stem: tuple[int, ...] = ()
+    # "standard": dense features are the last block's patch tokens. "catseg": CAT-Seg's dense path, where the
+    # last block skips attention (value projection only) and adds the block input's class token to each token.
+    dense_mode: str = "standard"
 
     def __post_init__(self) -> None:
+        _check_choice("dense_mode", self.dense_mode, DENSE_MODES)
+        layers = int(self.vision["layers"])
+        if len(self.guidance_layers) != 3 or not all(0 <= i < layers for i in self.guidance_layers):
+            raise ValueError(
+                f"guidance_layers must be three block indexes in [0, {layers}), got {self.guidance_layers}"
+            )
         if self.conv_stem and 2 ** len(self.conv_stem) != self.patch_size:
             raise ValueError(
                 f"a conv stem of {len(self.conv_stem)} stride-2 stages has stride "
@@ -95,10 +113,29 @@ class HeadConfig:
     decoder_guidance_proj_dims: tuple[int, int] = (32, 16)
     spatial_refinement: bool = True
     class_refinement: bool = True
+    # The flags below reproduce CAT-Seg's aggregator (model/catseg_import.py); the defaults are LSMSeg's head.
+    appearance_source: str = "block"  # E_3 is CLIP block guidance_layers[2] ("block") or the dense features
+    # Class attention always sees at least this many keys: identical learnable pad tokens fill up (0 = off).
+    class_pad_len: int = 0
+    class_residual: str = "single"  # "single": x + Δ; "catseg": x + up(pool(x) + Δ), i.e. 2x + Δ at pool 1
+    class_pool: int = 1  # class attention over class_pool² average-pooled pixels (CAT-Seg trains at 2)
+    class_out_proj: bool = True  # a Linear after merging the class-attention heads (CAT-Seg has none)
+    # E = F_c + γ·(1−α)·(F_s − F_c) with a zero-initialised per-channel γ: fusion starts as the identity on
+    # CLIP, so SAM can be added to a trained CLIP-only model without changing its outputs (γ = 1: eq. 6).
+    fusion_gate: bool = False
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSION_MODES:
-            raise ValueError(f"fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
+        _check_choice("fusion", self.fusion, FUSION_MODES)
+        _check_choice("appearance_source", self.appearance_source, APPEARANCE_SOURCES)
+        _check_choice("class_residual", self.class_residual, CLASS_RESIDUALS)
+        if self.class_pad_len < 0:
+            raise ValueError(f"class_pad_len must be 0 (off) or positive, got {self.class_pad_len}")
+        if self.class_pool < 1 or (self.class_pool > 1 and self.class_residual != "catseg"):
+            raise ValueError(
+                f"class_pool {self.class_pool} needs class_residual 'catseg' (pool 1 works with either)"
+            )
+        if self.fusion_gate and self.fusion != "weight":
+            raise ValueError(f"fusion_gate gates the weight generator's fusion, not fusion {self.fusion!r}")
 
 
 @dataclass
@@ -148,6 +185,47 @@ class LSMSegConfig:
 
     def replace(self, **changes: Any) -> LSMSegConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """Where a published weights file comes from (the weights themselves never enter this repository)."""
+
+    project: str  # "open_clip", "segment-anything" or "CAT-Seg"
+    architecture: str  # open_clip model name, segment_anything registry key, or the release's config file
+    tag: str | None = None  # open_clip pretrained tag
+    file: str | None = None  # the official file name
+    url: str | None = None  # where to download it
+
+
+# The one table of weight provenance, apart from the architectures, as open_clip keeps _PRETRAINED.
+PRETRAINED: dict[str, PretrainedWeights] = {
+    "clip-vit-b16-openai": PretrainedWeights(
+        project="open_clip", architecture="ViT-B-16-quickgelu", tag="openai"
+    ),
+    "clip-vit-l14-336-openai": PretrainedWeights(
+        project="open_clip", architecture="ViT-L-14-336", tag="openai"
+    ),
+    "sam-vit-l": PretrainedWeights(
+        project="segment-anything",
+        architecture="vit_l",
+        file="sam_vit_l_0b3195.pth",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    ),
+    # CAT-Seg (CVPR'24) releases: fine-tuned CLIP + aggregator, converted by `lsmseg-import catseg`.
+    "catseg-vit-b16": PretrainedWeights(
+        project="CAT-Seg",
+        architecture="configs/vitb_384.yaml",
+        file="model_base.pth",
+        url="https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth",
+    ),
+    "catseg-vit-l14-336": PretrainedWeights(
+        project="CAT-Seg",
+        architecture="configs/vitl_336.yaml",
+        file="model_large.pth",
+        url="https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_large.pth",
+    ),
+}
 
 
 def _tiny_clip() -> ClipConfig:
@@ -204,27 +282,36 @@ def _demo_sam() -> SamConfig:
     )
 
 
-def _openai_clip(
-    open_clip_name: str,
-    embed_dim: int,
-    vision: dict[str, Any],
-    text_width: int,
-    text_heads: int,
-    guidance_layers: tuple[int, int, int],
-) -> ClipConfig:
-    # Same numbers as open_clip's model_configs JSON for these architectures; OpenAI weights use QuickGELU.
+def _open_clip_weights(key: str) -> dict[str, str | None]:
+    weights = PRETRAINED[key]
+    return dict(open_clip_name=weights.architecture, pretrained_tag=weights.tag)
+
+
+# Same numbers as open_clip's model_configs JSON for these architectures; OpenAI weights use QuickGELU.
+def _clip_vit_b16(guidance_layers: tuple[int, int, int], **changes: Any) -> ClipConfig:
     return ClipConfig(
-        embed_dim=embed_dim,
-        vision=vision,
-        text=dict(context_length=77, vocab_size=49408, width=text_width, heads=text_heads, layers=12),
+        embed_dim=512,
+        vision=dict(layers=12, width=768, patch_size=16),
+        text=dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12),
         quick_gelu=True,
         guidance_layers=guidance_layers,
-        open_clip_name=open_clip_name,
-        pretrained_tag="openai",
+        **{**_open_clip_weights("clip-vit-b16-openai"), **changes},
+    )
+
+
+def _clip_vit_l14_336(guidance_layers: tuple[int, int, int], **changes: Any) -> ClipConfig:
+    return ClipConfig(
+        embed_dim=768,
+        vision=dict(layers=24, width=1024, patch_size=14),
+        text=dict(context_length=77, vocab_size=49408, width=768, heads=12, layers=12),
+        quick_gelu=True,
+        guidance_layers=guidance_layers,
+        **{**_open_clip_weights("clip-vit-l14-336-openai"), **changes},
     )
 
 
 def _sam_vit_l(input_size: int = 1024) -> SamConfig:
+    weights = PRETRAINED["sam-vit-l"]
     return SamConfig(
         embed_dim=1024,
         depth=24,
@@ -232,9 +319,24 @@ def _sam_vit_l(input_size: int = 1024) -> SamConfig:
         global_attn_indexes=(5, 11, 17, 23),
         window_size=14,
         input_size=input_size,
-        registry_name="vit_l",
-        checkpoint_file="sam_vit_l_0b3195.pth",
-        checkpoint_url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        registry_name=weights.architecture,
+        checkpoint_file=weights.file,
+        checkpoint_url=weights.url,
+    )
+
+
+def _catseg(name: str, image_size: int, clip: ClipConfig) -> LSMSegConfig:
+    # CAT-Seg's aggregator as configs/vitb_384.yaml and vitl_336.yaml build it, at evaluation pooling [1, 1];
+    # every class up to 256 is refined (its filter only acts beyond the pad length).
+    head = HeadConfig(
+        fusion="none",
+        appearance_source="dense",
+        class_pad_len=256,
+        class_residual="catseg",
+        class_out_proj=False,
+    )
+    return LSMSegConfig(
+        name=name, image_size=image_size, clip=clip, sam=None, head=head, prompts_per_class=1, cfm_k=256
     )
 
 
@@ -281,18 +383,26 @@ PRESETS: dict[str, LSMSegConfig] = {
     "vit-b16-sam-l": LSMSegConfig(
         name="vit-b16-sam-l",
         image_size=384,
-        clip=_openai_clip(
-            "ViT-B-16-quickgelu", 512, dict(layers=12, width=768, patch_size=16), 512, 8, (3, 7, 11)
-        ),
+        clip=_clip_vit_b16(guidance_layers=(3, 7, 11)),
         sam=_sam_vit_l(),
     ),
     "vit-l14-sam-l": LSMSegConfig(
         name="vit-l14-sam-l",
         image_size=336,
-        clip=_openai_clip(
-            "ViT-L-14-336", 768, dict(layers=24, width=1024, patch_size=14), 768, 12, (7, 15, 23)
-        ),
+        clip=_clip_vit_l14_336(guidance_layers=(7, 15, 23)),
         sam=_sam_vit_l(),
+    ),
+    # CAT-Seg's released models, exactly (weights: PRETRAINED["catseg-*"] through `lsmseg-import catseg`, so
+    # no open_clip tag). E_1 is the deeper tapped block (decoder stage at 4h×4w), E_2 the shallower (2h×2w).
+    "catseg-vit-b16": _catseg(
+        "catseg-vit-b16",
+        image_size=384,
+        clip=_clip_vit_b16(guidance_layers=(7, 3, 11), dense_mode="catseg", pretrained_tag=None),
+    ),
+    "catseg-vit-l14-336": _catseg(
+        "catseg-vit-l14-336",
+        image_size=336,
+        clip=_clip_vit_l14_336(guidance_layers=(15, 7, 23), dense_mode="catseg", pretrained_tag=None),
     ),
 }
 

@@ -46,19 +46,27 @@ class WeightGenerator(nn.Module):
 
 
 class FusionLevel(nn.Module):
-    """E_k from F_c,k and F_s,k with one of the strategies of the paper's Table 6."""
+    """E_k from F_c,k and F_s,k with one of the strategies of the paper's Table 6.
 
-    def __init__(self, mode: str, sam_dim: int, width: int) -> None:
+    gate (mode "weight" only): E = F_c + γ·(1−α)·(F_s − F_c), γ per channel and zero at init (ReZero-style),
+    so the level starts as exactly F_c: SAM joins a trained CLIP-only model without changing its outputs.
+    γ = 1 is eq. 6, α·F_c + (1−α)·F_s; the gradient reaches γ at once and the rest once γ ≠ 0.
+    """
+
+    def __init__(self, mode: str, sam_dim: int, width: int, gate: bool = False) -> None:
         super().__init__()
         self.mode = mode
         self.adapter = SamAdapter(sam_dim, width)
         self.weight_generator = WeightGenerator(width) if mode == "weight" else None
         self.merge = nn.Conv2d(2 * width, width, kernel_size=1) if mode == "concat" else None
+        self.gate = nn.Parameter(torch.zeros(width, 1, 1)) if gate else None
 
     def forward(self, clip_features: torch.Tensor, sam_features: torch.Tensor) -> torch.Tensor:
         sam_features = self.adapter(sam_features, clip_features.shape[-2:])
         if self.weight_generator is not None:
             alpha = self.weight_generator(clip_features, sam_features)
+            if self.gate is not None:
+                return clip_features + self.gate * ((1 - alpha) * (sam_features - clip_features))
             return alpha * clip_features + (1 - alpha) * sam_features
         if self.merge is not None:
             return self.merge(torch.cat([clip_features, sam_features], dim=1))
@@ -66,9 +74,12 @@ class FusionLevel(nn.Module):
 
 
 class Fusion(nn.Module):
-    def __init__(self, mode: str, sam_dim: int, width: int) -> None:
+    def __init__(
+        self, mode: str, sam_dim: int, widths: tuple[int, int, int], gate: bool = False
+    ) -> None:
+        """widths: channels of the three CLIP maps (E_3 is at embedding width when it is the dense map)."""
         super().__init__()
-        self.levels = nn.ModuleList(FusionLevel(mode, sam_dim, width) for _ in range(3))
+        self.levels = nn.ModuleList(FusionLevel(mode, sam_dim, width, gate) for width in widths)
 
     def forward(
         self, clip_layers: tuple[torch.Tensor, ...], sam_layers: tuple[torch.Tensor, ...]

@@ -48,7 +48,13 @@ class LSMSeg(nn.Module):
         width, embed_dim = config.clip.width, config.clip.embed_dim
         self.clip = ClipBackbone(config.clip, config.image_size)
         self.sam = SamBackbone(config.sam) if config.sam is not None else None
-        self.fusion = Fusion(head.fusion, config.sam.embed_dim, width) if config.sam is not None else None
+        # E_3 is at E channels when the appearance guidance comes from the dense features (CAT-Seg).
+        appearance_dim = embed_dim if head.appearance_source == "dense" else width
+        self.fusion = (
+            Fusion(head.fusion, config.sam.embed_dim, (width, width, appearance_dim), gate=head.fusion_gate)
+            if config.sam is not None
+            else None
+        )
         self.cost_embedding = nn.Conv2d(
             config.prompts_per_class,
             head.hidden_dim,
@@ -56,7 +62,7 @@ class LSMSeg(nn.Module):
             padding=head.cost_kernel // 2,
         )
         self.appearance_guidance = nn.Sequential(
-            nn.Conv2d(width, head.guidance_dim, kernel_size=3, padding=1), nn.ReLU()
+            nn.Conv2d(appearance_dim, head.guidance_dim, kernel_size=3, padding=1), nn.ReLU()
         )
         self.text_guidance = nn.Sequential(nn.Linear(embed_dim, head.guidance_dim), nn.ReLU())
         self.layers = nn.ModuleList(
@@ -67,6 +73,10 @@ class LSMSeg(nn.Module):
                 head.window_size,
                 spatial=head.spatial_refinement,
                 classes=head.class_refinement,
+                class_pad_len=head.class_pad_len,
+                class_residual=head.class_residual,
+                class_pool=head.class_pool,
+                class_out_proj=head.class_out_proj,
             )
             for _ in range(head.num_layers)
         )
@@ -101,10 +111,14 @@ class LSMSeg(nn.Module):
         return self.sam(images) if self.sam is not None else None
 
     def fuse(self, clip_features: ClipFeatures, sam_features: Guidance | None) -> Guidance:
-        """E_1, E_2, E_3 (paper eq. 6); without SAM the CLIP blocks are used as they are."""
+        """E_1, E_2, E_3 (paper eq. 6); without SAM the CLIP maps are used as they are. SAM's blocks pair with
+        the levels in order (shallowest with E_1, the 4h×4w decoder stage), whichever CLIP block E_1 is."""
+        first, second, third = clip_features.layers
+        if self.config.head.appearance_source == "dense":
+            third = clip_features.dense
         if self.fusion is None or sam_features is None:
-            return clip_features.layers
-        return self.fusion(clip_features.layers, sam_features)
+            return first, second, third
+        return self.fusion((first, second, third), sam_features)
 
     # Classes ------------------------------------------------------------------------------------------------
     def select(

@@ -31,7 +31,7 @@ def _from_windows(x: torch.Tensor, window: int, height: int, width: int) -> torc
     return x.reshape(*lead, height, width, channels)
 
 
-def _shift_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+def shift_window_mask(height: int, width: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """nW×1×L×L boolean mask: after the cyclic shift, tokens attend only to tokens of their own region."""
     regions = torch.zeros(height, width, device=device)
     label = 0
@@ -84,7 +84,7 @@ class SpatialBlock(nn.Module):
         query, key, value = (z.flatten(0, 1).flatten(1, 2) for z in (query, key, value))
         mask = None
         if shift:
-            mask = _shift_mask(height + pad_h, width + pad_w, window, shift, x.device)
+            mask = shift_window_mask(height + pad_h, width + pad_w, window, shift, x.device)
             mask = mask.expand(-1, self.num_heads, -1, -1).flatten(0, 1)[None]
         attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask).view(
             *lead, -1, query.shape[-1]
@@ -111,23 +111,49 @@ class SpatialRefinement(nn.Module):
 
 
 class ClassRefinement(nn.Module):
-    """Linear attention (elu + 1 feature map) across the K classes at every pixel; no class order is used."""
+    """Linear attention (elu + 1 feature map) across the K classes at every pixel; no class order is used.
 
-    def __init__(self, dim: int, guidance_dim: int, num_heads: int, eps: float = 1e-6) -> None:
+    pad_len > 0 (CAT-Seg): a sample with fewer than pad_len classes attends as if identical learnable pad
+    tokens (padding_token, with padding_guidance as its text guidance) filled it up to pad_len. Identical pads
+    add n_pad·φ(k_p)v_pᵀ to the key-value summary and n_pad·φ(k_p) to the key sum: no cost per pad.
+    residual "catseg": the output is x + up(pool(x) + Δ) instead of x + Δ, pooling pool×pool pixels.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        guidance_dim: int,
+        num_heads: int,
+        eps: float = 1e-6,
+        pad_len: int = 0,
+        residual: str = "single",
+        pool: int = 1,
+        out_proj: bool = True,
+    ) -> None:
         super().__init__()
         self.num_heads, self.eps = num_heads, eps
+        self.pad_len, self.residual, self.pool = pad_len, residual, pool
         self.norm = nn.LayerNorm(dim)
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.query_guidance = nn.Linear(guidance_dim, dim, bias=False)
         self.key_guidance = nn.Linear(guidance_dim, dim, bias=False)
         self.value = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim) if out_proj else nn.Identity()
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = _mlp(dim, nn.ReLU)
+        if pad_len:
+            self.padding_token = nn.Parameter(torch.zeros(dim))
+            self.padding_guidance = nn.Parameter(torch.zeros(guidance_dim))
 
-    def forward(self, x: torch.Tensor, text_guidance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: B×K×h×w×C; text_guidance: B×K×G; mask: B×K (False = padding, ignored as a key)."""
+    def _pad_key_value(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """φ(k_p) and v_p of the pad token, heads×d each."""
+        pad = self.norm(self.padding_token)
+        key = F.elu(self.key(pad) + self.key_guidance(self.padding_guidance)) + 1
+        return key.unflatten(-1, (self.num_heads, -1)), self.value(pad).unflatten(-1, (self.num_heads, -1))
+
+    def _refine(self, x: torch.Tensor, text_guidance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: B×K×h×w×C -> x + Δ."""
         tokens = x.permute(0, 2, 3, 1, 4)  # B×h×w×K×C: classes are the sequence
         t = text_guidance[:, None, None]
         y = self.norm(tokens)
@@ -138,11 +164,39 @@ class ClassRefinement(nn.Module):
         key, value = key * keep, value * keep
         query, key, value = (z.unflatten(-1, (self.num_heads, -1)) for z in (query, key, value))
         summary = torch.einsum("bijkhd,bijkhe->bijhde", key, value)
-        normaliser = torch.einsum("bijkhd,bijhd->bijkh", query, key.sum(dim=3)) + self.eps
+        key_sum = key.sum(dim=3)
+        if self.pad_len:
+            pads = (self.pad_len - mask.sum(dim=1)).clamp(min=0).to(key.dtype)  # B: 0 once K ≥ pad_len
+            pads = pads.view(-1, 1, 1, 1, 1)
+            pad_key, pad_value = self._pad_key_value()
+            summary = summary + pads[..., None] * (pad_key[:, :, None] * pad_value[:, None, :])
+            key_sum = key_sum + pads * pad_key
+        normaliser = torch.einsum("bijkhd,bijhd->bijkh", query, key_sum) + self.eps
         attended = torch.einsum("bijkhd,bijhde->bijkhe", query, summary) / normaliser[..., None]
         tokens = tokens + self.out(attended.flatten(-2))
         tokens = tokens + self.mlp(self.mlp_norm(tokens))
         return tokens.permute(0, 3, 1, 2, 4)
+
+    def forward(self, x: torch.Tensor, text_guidance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: B×K×h×w×C; text_guidance: B×K×G; mask: B×K (False = padding, ignored as a key)."""
+        if self.residual == "single":
+            return self._refine(x, text_guidance, mask)
+        if self.pool == 1:
+            return x + self._refine(x, text_guidance, mask)
+        lead, size = x.shape[:2], x.shape[2:4]
+        pooled = F.avg_pool2d(_channels_first(x), self.pool)
+        refined = self._refine(_channels_last(pooled, lead), text_guidance, mask)
+        up = F.interpolate(_channels_first(refined), size=size, mode="bilinear", align_corners=True)
+        return x + _channels_last(up, lead)
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """B×K×h×w×C -> (B·K)×C×h×w, for the image ops."""
+    return x.flatten(0, 1).permute(0, 3, 1, 2)
+
+
+def _channels_last(x: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).unflatten(0, lead)
 
 
 class RefinementLayer(nn.Module):
@@ -154,10 +208,26 @@ class RefinementLayer(nn.Module):
         window: int,
         spatial: bool = True,
         classes: bool = True,
+        class_pad_len: int = 0,
+        class_residual: str = "single",
+        class_pool: int = 1,
+        class_out_proj: bool = True,
     ) -> None:
         super().__init__()
         self.spatial = SpatialRefinement(dim, guidance_dim, num_heads, window) if spatial else None
-        self.classes = ClassRefinement(dim, guidance_dim, num_heads) if classes else None
+        self.classes = (
+            ClassRefinement(
+                dim,
+                guidance_dim,
+                num_heads,
+                pad_len=class_pad_len,
+                residual=class_residual,
+                pool=class_pool,
+                out_proj=class_out_proj,
+            )
+            if classes
+            else None
+        )
 
     def forward(
         self,

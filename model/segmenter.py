@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from model.catseg_protocol import CatSegProtocol
 from model.cfm import Selection
 from model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
 from model.lsmseg import LSMSeg, TextInput, per_sample
@@ -20,6 +21,7 @@ ImageLike = np.ndarray | Image.Image
 
 # Upsampling every class map to a large photo at once can take gigabytes; classes go through in groups.
 _UPSAMPLE_CLASS_GROUP = 8
+PROTOCOLS = ("lsmseg", "catseg")
 
 
 @dataclass
@@ -63,6 +65,10 @@ class Segmenter:
     by overlapping windows plus one global view, as CAT-Seg evaluates). The CFM picks one class set per image
     from the global view; label maps come back at each image's own size, their class boundaries snapped to
     the image's edges by `edge_refinement` (model/edge_refinement.py; None turns it off).
+
+    `protocol="catseg"` (or a CatSegProtocol with other sizes) evaluates as CAT-Seg does instead
+    (model/catseg_protocol.py): its own resizing and windows, per-view class selection, always fp32 and
+    without edge refinement, whatever `dtype`, `sliding_window` and `edge_refinement` say.
     """
 
     def __init__(
@@ -74,7 +80,9 @@ class Segmenter:
         window_overlap: float = 1 / 3,
         class_chunk: int | None = None,
         edge_refinement: EdgeRefinement | None = DEFAULT_EDGE_REFINEMENT,
+        protocol: str | CatSegProtocol = "lsmseg",
     ) -> None:
+        self.catseg = _catseg_protocol(protocol)  # None: LSMSeg's own protocol
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         # bf16 on GPUs (the paper's models run fine in it); fp32 on CPUs, where bf16 is slow.
@@ -86,6 +94,8 @@ class Segmenter:
         self.sliding_size = size + self.window_stride  # two windows per side
         self.class_chunk = class_chunk
         self.edge_refinement = edge_refinement  # None: label maps straight from the model's probabilities
+        if self.catseg is not None:
+            self.dtype, self.edge_refinement = torch.float32, None
 
     @property
     def image_size(self) -> int:
@@ -95,6 +105,8 @@ class Segmenter:
         """What the model sees of each image: the global view's side and, with the sliding window, the side
         the image is resized to, the window side and stride, and the number of windows."""
         size = self.image_size
+        if self.catseg is not None:
+            return self.catseg.describe(size)
         if not self.sliding_window:
             return {"global": size}
         return {
@@ -139,8 +151,10 @@ class Segmenter:
         text: TextInput,
         k: int | None,
         timings: dict[str, float],
+        output_size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, Selection]:
-        """B×K×S×S class probabilities of one view (padded classes at -1) and the selection used."""
+        """B×K×S×S class probabilities of one view (padded classes at -1) and the selection used; S is the
+        view's side unless `output_size` says otherwise."""
         model = self.model
         with self._stage(timings, "clip"):
             clip_features = model.clip_features(images)
@@ -150,9 +164,8 @@ class Segmenter:
             with self._stage(timings, "cfm"):
                 selection = model.select(clip_features.dense.float(), text, k)
         with self._stage(timings, "refine"):
-            logits = model.refine(
-                clip_features.dense, guidance, selection, tuple(images.shape[-2:]), self.class_chunk
-            )
+            size = output_size or tuple(images.shape[-2:])
+            logits = model.refine(clip_features.dense, guidance, selection, size, self.class_chunk)
             probs = torch.sigmoid(logits.float()).masked_fill(~selection.mask[:, :, None, None], -1.0)
         return probs, selection
 
@@ -173,12 +186,30 @@ class Segmenter:
         upsampled = F.interpolate(global_probs, size=(full, full), mode="bilinear", align_corners=False)
         return (total / counts + upsampled) / 2, selection
 
+    @torch.inference_mode()
+    def catseg_probabilities(
+        self, image: ImageLike, text: torch.Tensor, k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CAT-Seg protocol's probabilities of one image (C×P×D text) before the resize to the image's
+        size: U×canvas×canvas for the U classes some view kept, and their indices into the C classes."""
+        if self.catseg is None:
+            raise ValueError("catseg_probabilities needs a Segmenter made with protocol='catseg'")
+        return self._catseg_probabilities(to_rgb_array(image), text.to(self.device), k, {})
+
+    def _catseg_probabilities(
+        self, image: np.ndarray, text: torch.Tensor, k: int | None, timings: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.catseg is not None
+        views = self.catseg.views(image, self.image_size, self.device)
+        window = (self.catseg.window, self.catseg.window)
+        probs, selection = self._probabilities(views, None, text, k, timings, output_size=window)
+        with self._stage(timings, "postprocess"):
+            return self.catseg.combine(probs, selection)
+
     def _label_map(
-        self, probs: torch.Tensor, selection: Selection, index: int, image: np.ndarray, num_classes: int
+        self, probs: torch.Tensor, classes: torch.Tensor, image: np.ndarray, num_classes: int
     ) -> Segmentation:
-        kept = selection.mask[index]
-        probs = probs[index][kept][None]  # 1×K×s×s
-        classes = selection.indices[index][kept]
+        """probs 1×K×s×s of the K classes `classes` -> the label map at the image's size."""
         height, width = image.shape[:2]
         if self.edge_refinement is not None:
             size = self.edge_refinement.working_size(height, width)
@@ -217,6 +248,8 @@ class Segmenter:
         timings: dict[str, float] = {}
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         with autocast:
+            if self.catseg is not None:
+                return self._segment_catseg(arrays, texts, k, timings)
             if self.sliding_window:
                 batch = self._tensor(arrays, self.sliding_size)
                 probs, selection = self._sliding_probabilities(batch, texts, k, timings)
@@ -225,7 +258,31 @@ class Segmenter:
                 probs, selection = self._probabilities(batch, None, texts, k, timings)
         with self._stage(timings, "postprocess"):
             results = [
-                self._label_map(probs, selection, index, array, texts[index].shape[0])
+                self._label_map(
+                    probs[index][selection.mask[index]][None],
+                    selection.indices[index][selection.mask[index]],
+                    array,
+                    texts[index].shape[0],
+                )
                 for index, array in enumerate(arrays)
             ]
         return SegmentationBatch(results=results, timings=timings)
+
+    def _segment_catseg(
+        self, arrays: list[np.ndarray], texts: list[torch.Tensor], k: int | None, timings: dict[str, float]
+    ) -> SegmentationBatch:
+        # One image at a time, as CAT-Seg evaluates: its views are the batch.
+        results = []
+        for array, text in zip(arrays, texts, strict=True):
+            probs, classes = self._catseg_probabilities(array, text, k, timings)
+            with self._stage(timings, "postprocess"):
+                results.append(self._label_map(probs[None], classes, array, text.shape[0]))
+        return SegmentationBatch(results=results, timings=timings)
+
+
+def _catseg_protocol(protocol: str | CatSegProtocol) -> CatSegProtocol | None:
+    if isinstance(protocol, CatSegProtocol):
+        return protocol
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS} or a CatSegProtocol, got {protocol!r}")
+    return CatSegProtocol() if protocol == "catseg" else None

@@ -17,6 +17,15 @@ from prompt_cache.llm import (
     LLMRejectedError,
     LLMUnavailableError,
 )
+from prompt_cache.modes import (
+    CATSEG_TEMPLATE,
+    PROMPT_MODES,
+    catseg_prompt,
+    class_encoder,
+    ensemble_encoder,
+    recorded_prompt_mode,
+    resolve_prompt_mode,
+)
 from prompt_cache.names import normalise_name, validate_classes
 from prompt_cache.prompt_bank import ATTRIBUTES, PROMPT_VERSION, Bank
 from prompt_cache.prompts import SOURCES, TEMPLATES, PromptBuilder, PromptSet
@@ -27,8 +36,10 @@ from prompt_cache.vocab import VocabRegistry, Vocabulary, vocab_id_for
 
 __all__ = [
     "ATTRIBUTES",
+    "CATSEG_TEMPLATE",
     "CONTEXT_LENGTH",
     "KEY_PREFIX",
+    "PROMPT_MODES",
     "PROMPT_VERSION",
     "SOURCES",
     "TEMPLATES",
@@ -51,9 +62,14 @@ __all__ = [
     "ValidationError",
     "VocabRegistry",
     "Vocabulary",
+    "catseg_prompt",
+    "class_encoder",
     "description_key",
     "embedding_key",
+    "ensemble_encoder",
     "normalise_name",
+    "recorded_prompt_mode",
+    "resolve_prompt_mode",
     "token_count",
     "truncate",
     "validate_classes",

@@ -3,6 +3,7 @@
   lsmseg-prompts list
   lsmseg-prompts show --vocab ade150 --class "wall" [--prompts-per-class 5]
   lsmseg-prompts generate --vocab ade847 [--out FILE] [--limit N] [--workers 4]
+  lsmseg-prompts generate --classes my_classes.txt --out my_descriptions.json
 
 `generate` resumes: classes already in the output file are skipped, and the file is rewritten atomically
 after every answer, so an interrupted run loses nothing. The LLM comes from LSMSEG_LLM_URL / _MODEL /
@@ -55,8 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(run=_show)
 
     generate = commands.add_parser("generate", help="write missing descriptions of a vocabulary with an LLM")
-    generate.add_argument("--vocab", required=True)
-    generate.add_argument("--out", type=Path, help="descriptions file (default: the bank's file)")
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vocab", help="a bank vocabulary (see `list`)")
+    source.add_argument(
+        "--classes", type=Path, help="your own class list: a JSON list of names, or one name per line"
+    )
+    generate.add_argument(
+        "--out", type=Path, help="descriptions file (default: the bank's file; needed with --classes)"
+    )
     generate.add_argument("--limit", type=int, help="describe at most N new classes in this run")
     generate.add_argument("--workers", type=int, default=4, help="requests in flight at once")
     generate.add_argument("--llm-url", help="overrides LSMSEG_LLM_URL")
@@ -96,7 +103,12 @@ def _show(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     bank = Bank()
-    classes = bank.vocabulary(args.vocab)
+    if args.classes is not None:
+        if args.out is None:
+            raise BankError("--classes needs --out: the descriptions file to write")
+        classes, label = _read_class_list(args.classes), str(args.classes)
+    else:
+        classes, label = bank.vocabulary(args.vocab), args.vocab
     out = Path(args.out) if args.out else Path(str(bank.description_path(args.vocab)))
     described = _read_descriptions(out)
     # Skip what this file or any bank file already describes: the bank merges all of them.
@@ -104,7 +116,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.limit is not None:
         todo = todo[: args.limit]
     if not todo:
-        print(f"{out}: all {len(classes)} classes of {args.vocab} are already described")
+        print(f"{out}: all {len(classes)} classes of {label} are already described")
         return 0
     llm = _llm_from(args)
     failed: dict[str, str] = {}
@@ -113,7 +125,7 @@ def _generate(args: argparse.Namespace) -> int:
     with llm, ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
         queue = iter(todo)
         running: dict[Future, str] = {}
-        with tqdm(total=len(todo), desc=f"describing {args.vocab}", unit="class", disable=None) as bar:
+        with tqdm(total=len(todo), desc=f"describing {label}", unit="class", disable=None) as bar:
             while True:
                 while fatal is None and len(running) < max(1, args.workers):
                     name = next(queue, None)
@@ -138,7 +150,7 @@ def _generate(args: argparse.Namespace) -> int:
                     new += 1
     covered = sum(name in described or name in bank for name in classes)
     print(
-        f"{out}: {new} new, {len(failed)} rejected; {covered} of {len(classes)} classes of {args.vocab} "
+        f"{out}: {new} new, {len(failed)} rejected; {covered} of {len(classes)} classes of {label} "
         f"described (bank included)"
     )
     for name, reason in list(failed.items())[:10]:
@@ -147,6 +159,27 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"error: stopped early: {fatal}", file=sys.stderr)
         return 1
     return 0
+
+
+def _read_class_list(path: Path) -> list[str]:
+    """Normalised, de-duplicated class names from a JSON list or a text file with one name per line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BankError(f"cannot read the class list {path}: {exc.strerror}") from exc
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BankError(f"{path} is not a valid JSON list: {exc}") from exc
+        if not all(isinstance(name, str) for name in names):
+            raise BankError(f"{path}: every entry of the JSON list must be a class name (a string)")
+    else:
+        names = text.splitlines()
+    classes = list(dict.fromkeys(normalise_name(name) for name in names if name.strip()))
+    if not classes:
+        raise BankError(f"{path} holds no class names")
+    return classes
 
 
 def _llm_from(args: argparse.Namespace) -> LLMClient:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from prompt_cache.modes import DEFAULT_PROMPT_MODE
 from prompt_cache.names import normalise_name
 
 KEY_PREFIX = "lsmseg:v1:"
@@ -20,8 +21,14 @@ def prompts_digest(prompts: Sequence[str]) -> str:
     return sha256_hex("".join([f"{len(prompt)}:{prompt}" for prompt in prompts]))
 
 
-def embedding_key(model_fingerprint: str, prompts: Sequence[str]) -> str:
-    return f"{KEY_PREFIX}emb:{model_fingerprint}:{prompts_digest(prompts)}"
+def embedding_key(
+    model_fingerprint: str, prompts: Sequence[str], prompt_mode: str = DEFAULT_PROMPT_MODE
+) -> str:
+    """The key of one class's embedding. Modes other than attributes get their own segment: an ensemble's
+    averaged vector and the 5-prompt tensor of the same sentences are different values. (Attributes keys keep
+    the layout they had before modes existed, so caches written then stay valid.)"""
+    mode = "" if prompt_mode == DEFAULT_PROMPT_MODE else f"{prompt_mode}:"
+    return f"{KEY_PREFIX}emb:{model_fingerprint}:{mode}{prompts_digest(prompts)}"
 
 
 def description_key(prompt_version: str, class_name: str) -> str:

@@ -9,6 +9,9 @@ Where a class's sentences come from, first match wins:
 How P prompts are picked (deterministic): the source's sentences, followed by TEMPLATES, form one list; the
 first P entries are taken, and if P is longer than that list it is repeated from its start. So P = 1 uses the
 combined sentence, P = 5 the five attribute sentences, and P = 7 adds the first two templates.
+Other prompt modes (prompt_cache.modes): "catseg" gives every class CAT-Seg's one template (source
+"template"); "ensemble" keeps all of the source's sentences (the template source: the first five TEMPLATES)
+for the encoder to average into one embedding.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prompt_cache.llm import LLMAnswerError, LLMClient
+from prompt_cache.modes import DEFAULT_PROMPT_MODE, catseg_prompt, check_prompt_mode
 from prompt_cache.names import MAX_CLASSES, ClassList, validate_class_list
-from prompt_cache.prompt_bank import Bank
+from prompt_cache.prompt_bank import ATTRIBUTES, Bank
 from prompt_cache.tokens import truncate
 
 if TYPE_CHECKING:
@@ -49,7 +53,8 @@ TEMPLATES = (
 
 @dataclass(frozen=True)
 class PromptSet:
-    """What build() made: prompts[i] are the P prompts of classes[i], taken from sources[i]."""
+    """What build() made: prompts[i] are the P prompts of classes[i] (in ensemble mode: the sentences
+    averaged into its one embedding), taken from sources[i]."""
 
     classes: list[str]
     prompts: list[list[str]]
@@ -80,6 +85,7 @@ class PromptBuilder:
         llm: LLMClient | None = None,
         prompts_per_class: int = 1,
         *,
+        mode: str = DEFAULT_PROMPT_MODE,
         store: EmbeddingStore | None = None,
         llm_workers: int = 4,
         llm_budget_s: float | None = None,
@@ -87,6 +93,7 @@ class PromptBuilder:
     ) -> None:
         if prompts_per_class < 1:
             raise ValueError("prompts_per_class must be at least 1")
+        check_prompt_mode(mode, prompts_per_class)
         if store is not None and store.prompt_version != bank.prompt_version:
             raise ValueError(
                 f"the store caches descriptions of prompt version {store.prompt_version!r}, "
@@ -95,6 +102,7 @@ class PromptBuilder:
         self.bank = bank
         self.llm = llm
         self.prompts_per_class = prompts_per_class
+        self.mode = mode
         self.store = store
         self.llm_workers = llm_workers
         self.llm_budget_s = llm_budget_s  # per build(): classes not asked by then get templates
@@ -110,9 +118,11 @@ class PromptBuilder:
         else:
             checked = validate_class_list(names, descriptions, self.max_classes)
         classes = list(checked.names)
-        chosen: dict[str, tuple[str, list[str]]] = {}
-        for name, sentences in (checked.descriptions or {}).items():
-            chosen[name] = ("user", sentences)
+        if self.mode == "catseg":
+            # CAT-Seg's checkpoints know their one template only: no sentences are looked for.
+            prompts = [[catseg_prompt(name)] for name in classes]
+            return _prompt_set(classes, prompts, ["template"] * len(classes))
+        chosen = {name: ("user", sentences) for name, sentences in (checked.descriptions or {}).items()}
         for name in classes:
             authored = self.bank.descriptions(name)
             if name not in chosen and authored is not None:
@@ -129,15 +139,17 @@ class PromptBuilder:
                 chosen[name] = ("llm", sentences)
             if written and self.store is not None:
                 self.store.put_descriptions(written)
-        prompts, sources, truncated = [], [], 0
+        wanted, sources = [], []
         for name in classes:
             source, sentences = chosen.get(name, ("template", []))
-            wanted = pick_prompts(name, sentences, self.prompts_per_class)
-            picked = [truncate(prompt) for prompt in wanted]
-            truncated += sum(kept != prompt for kept, prompt in zip(picked, wanted, strict=True))
-            prompts.append(picked)
+            wanted.append(self._prompts_for(name, sentences))
             sources.append(source)
-        return PromptSet(classes, prompts, sources, failures, truncated)
+        return _prompt_set(classes, wanted, sources, failures)
+
+    def _prompts_for(self, name: str, sentences: Sequence[str]) -> list[str]:
+        if self.mode == "ensemble":
+            return list(sentences) or pick_prompts(name, [], len(ATTRIBUTES))
+        return pick_prompts(name, sentences, self.prompts_per_class)
 
     def _ask_llm(self, llm: LLMClient, names: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
         """Ask the LLM in parallel; after a failure other than a bad answer, stop asking for this request."""
@@ -170,3 +182,16 @@ class PromptBuilder:
                 len(failures), len(names), next(iter(failures.values())),
             )
         return written, failures
+
+
+def _prompt_set(
+    classes: list[str], wanted: list[list[str]], sources: list[str], failures: dict[str, str] | None = None
+) -> PromptSet:
+    """The PromptSet of these prompts, each cut to CLIP's 77 tokens (and the cuts counted)."""
+    prompts = [[truncate(prompt) for prompt in group] for group in wanted]
+    truncated = sum(
+        kept != prompt
+        for kept_group, group in zip(prompts, wanted, strict=True)
+        for kept, prompt in zip(kept_group, group, strict=True)
+    )
+    return PromptSet(classes, prompts, sources, failures or {}, truncated)

@@ -2,7 +2,9 @@
 
 Lookup order for a vocabulary: memory LRU -> one Redis MGET for the memory misses -> `encode_fn` for what is
 still missing -> write-back of the new embeddings (float16 bytes, one pipeline). Keys (design §3):
-  lsmseg:v1:emb:{model_fingerprint}:{sha256(prompts)}   float16 bytes, P×D, row-major
+  lsmseg:v1:emb:{model_fingerprint}:{sha256(prompts)}   float16 bytes, P×D, row-major (prompt mode attributes)
+  lsmseg:v1:emb:{model_fingerprint}:{mode}:{sha256(prompts)}   the same for the catseg and ensemble modes;
+                                                        an ensemble entry is 1×D, however many sentences
   lsmseg:v1:desc:{prompt_version}:{sha256(name)}        JSON {"class", "prompts"} written by the LLM
 Redis problems never reach the caller: they are counted, the answer comes from memory and `encode_fn`, and
 what could not be written is kept (bounded) and written once Redis answers again.
@@ -21,11 +23,11 @@ import torch
 
 from prompt_cache.errors import RedisUnavailable
 from prompt_cache.keys import description_key, embedding_key
+from prompt_cache.modes import DEFAULT_PROMPT_MODE, PROMPT_MODES, EncodeFn
 from prompt_cache.names import normalise_name
 from prompt_cache.redis_link import RedisLink
 
 KEY_CACHE_ITEMS = 1 << 16
-EncodeFn = Callable[[list[list[str]]], torch.Tensor]
 CountListener = Callable[[str, str, int], None]
 K = TypeVar("K")
 V = TypeVar("V")
@@ -71,10 +73,14 @@ class TextLookup:
     blocks: list[tuple[list[str], torch.Tensor]]  # (keys, their rows) per tier that had some
     missing_keys: list[str]  # distinct keys still to encode
     missing: list[list[str]]  # their prompt lists, in the same order
+    rows: int  # embedding rows per class: P, or 1 in ensemble mode
 
 
 class EmbeddingStore:
     """C lists of P prompts -> C×P×D float32 embeddings, computing only what no cache tier holds.
+
+    `prompt_mode` (prompt_cache.modes) keeps each mode's entries apart; in "ensemble" mode a class's list may
+    hold any number of sentences and its entry is one row (C×1×D), as `encode_fn` averages them.
 
     `redis_url` may also be a RedisLink shared with the VocabRegistry (one circuit breaker for both);
     None keeps everything in memory. Counts per (tier, result) are kept in `counts()` and, when given,
@@ -93,7 +99,11 @@ class EmbeddingStore:
         ttl_s: int | None = None,
         device: torch.device | str = "cpu",
         on_count: CountListener | None = None,
+        prompt_mode: str = DEFAULT_PROMPT_MODE,
     ) -> None:
+        if prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"unknown prompt mode {prompt_mode!r}; known: {', '.join(PROMPT_MODES)}")
+        self.prompt_mode = prompt_mode
         self.link = redis_url if isinstance(redis_url, RedisLink) else RedisLink(redis_url)
         self.model_fingerprint = model_fingerprint
         self.prompt_version = prompt_version
@@ -114,7 +124,8 @@ class EmbeddingStore:
     def get(self, prompts_per_class: Sequence[Sequence[str]], encode_fn: EncodeFn) -> torch.Tensor:
         """C×P×D float32 on `device`, values as `encode_fn` returned them (float16-rounded when from Redis).
 
-        `encode_fn(prompt_lists)` receives only the prompt lists no tier had, and must return M×P×D.
+        `encode_fn(prompt_lists)` receives only the prompt lists no tier had, and must return M×P×D
+        (M×1×D in ensemble mode).
         """
         lookup = self.lookup(prompts_per_class)
         encoded = None
@@ -126,7 +137,7 @@ class EmbeddingStore:
     def lookup(self, prompts_per_class: Sequence[Sequence[str]]) -> TextLookup:
         """What the memory LRU and Redis (one MGET for the memory misses) hold; `missing` is left to encode.
         A caller may encode the misses elsewhere (e.g. on a model thread, in chunks) and then `complete`."""
-        per_class = _prompts_per_class(prompts_per_class)
+        per_class = self._rows_per_entry(prompts_per_class)
         keys = self._keys_for(prompts_per_class)
         prompts_by_key = dict(zip(keys, prompts_per_class, strict=True))  # also drops repeated classes
         distinct = list(prompts_by_key)
@@ -145,7 +156,7 @@ class EmbeddingStore:
                 self._remember(fetched_keys, fetched)
                 found = set(fetched_keys)
                 missing = [key for key in missing if key not in found]
-        return TextLookup(keys, blocks, missing, [list(prompts_by_key[key]) for key in missing])
+        return TextLookup(keys, blocks, missing, [list(prompts_by_key[key]) for key in missing], per_class)
 
     def complete(self, lookup: TextLookup, encoded: torch.Tensor | None) -> torch.Tensor:
         """C×P×D from a lookup and the embeddings of its `missing` prompt lists (M×P×D, in that order),
@@ -153,7 +164,7 @@ class EmbeddingStore:
         blocks = list(lookup.blocks)
         new_entries: dict[str, tuple[bytes, int | None]] = {}
         if lookup.missing:
-            encoded = self._accept(lookup.missing, encoded)
+            encoded = self._accept(lookup, encoded)
             blocks.append((lookup.missing_keys, encoded))
             self._remember(lookup.missing_keys, encoded)
             if self.link.enabled:
@@ -213,7 +224,7 @@ class EmbeddingStore:
         new = []
         for index, key in enumerate(keys):
             if key is None:
-                keys[index] = embedding_key(self.model_fingerprint, groups[index])
+                keys[index] = embedding_key(self.model_fingerprint, groups[index], self.prompt_mode)
                 new.append((groups[index], keys[index]))
         self._keys.put_many(new)
         return keys
@@ -257,12 +268,19 @@ class EmbeddingStore:
             rows.update(zip(block_keys, block.unbind(0), strict=True))
         return torch.stack([rows[key] for key in keys])
 
-    def _accept(self, prompt_lists: list[list[str]], encoded: torch.Tensor | None) -> torch.Tensor:
-        expected = (len(prompt_lists), len(prompt_lists[0]))
+    def _rows_per_entry(self, prompts_per_class: Sequence[Sequence[str]]) -> int:
+        if self.prompt_mode != "ensemble":
+            return _prompts_per_class(prompts_per_class)
+        if not prompts_per_class or any(len(prompts) == 0 for prompts in prompts_per_class):
+            raise ValueError("every class needs at least one sentence")
+        return 1
+
+    def _accept(self, lookup: TextLookup, encoded: torch.Tensor | None) -> torch.Tensor:
+        expected = (len(lookup.missing), lookup.rows)
         if encoded is None or encoded.dim() != 3 or tuple(encoded.shape[:2]) != expected:
             shape = None if encoded is None else tuple(encoded.shape)
             raise ValueError(f"encode_fn returned shape {shape}; expected {expected} × D")
-        self._count("encode", "computed", len(prompt_lists))
+        self._count("encode", "computed", len(lookup.missing))
         return encoded.detach().to(self.device, torch.float32)
 
     def _write(self, entries: dict[str, tuple[bytes, int | None]]) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from model import LSMSeg, Segmentation
+from prompt_cache.modes import DEFAULT_PROMPT_MODE, class_encoder
 from service.backends import Backend
 
 logger = logging.getLogger(__name__)
@@ -37,14 +38,15 @@ class SegmentOutput:
 class Engine:
     """Owns the model; used from the model thread only."""
 
-    def __init__(self, model: LSMSeg, backend: Backend) -> None:
+    def __init__(self, model: LSMSeg, backend: Backend, prompt_mode: str = DEFAULT_PROMPT_MODE) -> None:
         self.model = model
         self.backend = backend
         self.segmenter = backend.segmenter
+        self._encode = class_encoder(prompt_mode, model.encode_text)  # ensemble: averages each class's list
 
     def encode_text(self, prompts: list[list[str]]) -> torch.Tensor:
         with torch.no_grad():
-            return self.model.encode_text(prompts)
+            return self._encode(prompts)
 
     def warm_up(self) -> None:
         """One small batch through every stage, so the first real request does not pay for lazy set-up."""

@@ -12,6 +12,7 @@ import torch
 
 from model import LSMSeg, build_model, load_checkpoint, read_metadata
 from model.config import PRESETS
+from prompt_cache.modes import DEFAULT_PROMPT_MODE, recorded_prompt_mode, resolve_prompt_mode
 from service.settings import DEFAULT_CHECKPOINT, Settings
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class ModelPlan:
     source: str  # checkpoint | preset | random-fallback
     checkpoint: Path | None
     preset: str | None
+    prompt_mode: str = DEFAULT_PROMPT_MODE  # prompt_cache.modes: LSMSEG_PROMPT_MODE, else the checkpoint's
 
     @property
     def random_weights(self) -> bool:
@@ -49,6 +51,7 @@ class ModelInfo:
     prompts_per_class: int
     cfm_k: int
     prompt_version: str | None
+    prompt_mode: str = DEFAULT_PROMPT_MODE
     backend: str = "torch"  # torch | onnx (LSMSEG_BACKEND)
     providers: tuple[str, ...] = ()  # onnxruntime's execution providers; `device` is where torch runs
 
@@ -69,21 +72,32 @@ def plan_model(settings: Settings) -> ModelPlan:
         # A tag such as "openai" is looked up in open_clip's cache while loading; a path must exist now.
         if clip is not None and ("/" in clip or Path(clip).suffix) and not Path(clip).is_file():
             raise ModelConfigError(f"LSMSEG_CLIP_WEIGHTS {clip!r} does not exist")
-        return ModelPlan("preset", None, settings.preset)
+        mode = _prompt_mode(settings, DEFAULT_PROMPT_MODE, PRESETS[settings.preset].prompts_per_class)
+        return ModelPlan("preset", None, settings.preset, mode)
     checkpoint = settings.checkpoint
     if checkpoint is None:
         if not DEFAULT_CHECKPOINT.is_file():
-            return ModelPlan("random-fallback", None, FALLBACK_PRESET)
+            mode = _prompt_mode(settings, DEFAULT_PROMPT_MODE, PRESETS[FALLBACK_PRESET].prompts_per_class)
+            return ModelPlan("random-fallback", None, FALLBACK_PRESET, mode)
         checkpoint = DEFAULT_CHECKPOINT
     if not checkpoint.is_file():
         raise ModelConfigError(
             f"LSMSEG_CHECKPOINT {str(checkpoint)!r} does not exist; unset it to use the embedded default"
         )
     try:
-        read_metadata(checkpoint)
+        metadata = read_metadata(checkpoint)
     except Exception as exc:  # safetensors, JSON and key errors alike mean "not a checkpoint"
         raise ModelConfigError(f"{checkpoint} is not a readable LSMSeg checkpoint: {exc}") from exc
-    return ModelPlan("checkpoint", checkpoint, None)
+    mode = _prompt_mode(settings, recorded_prompt_mode(metadata), metadata["config"].prompts_per_class)
+    return ModelPlan("checkpoint", checkpoint, None, mode)
+
+
+def _prompt_mode(settings: Settings, recorded: str, prompts_per_class: int) -> str:
+    try:
+        return resolve_prompt_mode(recorded, settings.prompt_mode, prompts_per_class)
+    except ValueError as exc:
+        where = "LSMSEG_PROMPT_MODE" if settings.prompt_mode is not None else "the checkpoint's recorded mode"
+        raise ModelConfigError(f"{where}: {exc}") from exc
 
 
 def _check_onnx(settings: Settings) -> None:
@@ -136,6 +150,7 @@ def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
         prompts_per_class=config.prompts_per_class,
         cfm_k=config.cfm_k,
         prompt_version=prompt_version,
+        prompt_mode=plan.prompt_mode,
         backend=settings.backend,
     )
     return model.eval(), info

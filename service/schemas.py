@@ -170,6 +170,9 @@ class ModelStatus(BaseModel):
     prompts_per_class: int
     cfm_k: int
     prompt_version: str | None
+    prompt_mode: str = Field(
+        "attributes", description="attributes | catseg | ensemble: how class names become text embeddings"
+    )
     backend: str = Field("torch", description="torch | onnx (LSMSEG_BACKEND)")
     providers: list[str] = Field(
         default_factory=list, description="onnxruntime execution providers in use; `device` is torch's"

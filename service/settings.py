@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     sam_checkpoint: Path | None = Field(None, description="official segment-anything .pth (SAM-L presets)")
     device: str | None = Field(None, description="torch device; default cuda when available, else cpu")
     sliding_window: bool = Field(False, description="CAT-Seg style sliding-window inference (slower)")
+    # The names of prompt_cache.modes.PROMPT_MODES (not imported: it pulls in torch, which a typo in a
+    # setting should not wait for).
+    prompt_mode: Literal["attributes", "catseg", "ensemble"] | None = Field(
+        None,
+        description="how class names become text embeddings (default: the mode the checkpoint records; "
+        "catseg and ensemble need a model with one prompt per class)",
+    )
     edge_refinement: bool = Field(
         True, description="snap class boundaries to the image's colour edges (model/edge_refinement.py)"
     )

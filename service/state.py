@@ -80,17 +80,23 @@ class ServiceState:
             ttl_s=settings.embedding_ttl_s,
             device=info.device,
             on_count=self.metrics.count_cache,
+            prompt_mode=info.prompt_mode,
         )
         llm = None
         if settings.llm_url is not None and settings.llm_model is not None:
             key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
             llm = LLMClient(settings.llm_url, settings.llm_model, key)
         builder = PromptBuilder(
-            self.bank, llm, info.prompts_per_class, store=store, max_classes=settings.max_classes
+            self.bank,
+            llm,
+            info.prompts_per_class,
+            mode=info.prompt_mode,
+            store=store,
+            max_classes=settings.max_classes,
         )
         backend = build_backend(model, self.plan, settings, info.device)
         info = replace(info, providers=backend.providers)
-        engine = Engine(model, backend)
+        engine = Engine(model, backend, info.prompt_mode)
         engine.warm_up()
         builder.build(["wall"])  # loads the tokenizer now rather than in the first request
         self.vocabularies.builder = builder

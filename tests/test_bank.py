@@ -162,3 +162,63 @@ def test_sentences_name_their_class(bank_file):
 )
 def test_mentions(sentence, name, expected):
     assert mentions(sentence, name) is expected
+
+
+# Across the whole bank --------------------------------------------------------------------------------------
+VOCABULARY_FILES = sorted(VOCABULARIES.glob("*.json"))
+# Words that only the template fallback or an unfinished entry would contain.
+PLACEHOLDERS = ("a photo of", "{}", "todo", "tbd", "xxx", "lorem", "placeholder", "...", "<", ">")
+
+
+def synonyms(name: str) -> set[str]:
+    """The names a class goes by, spelled without separators: "building, edifice" -> {"building", "edifice"};
+    "potted plant" and "pottedplant" (VOC and PASCAL-Context spellings) are one name."""
+    return {re.sub(r"[^a-z0-9]+", "", part) for part in name.split(", ")}
+
+
+@pytest.mark.parametrize("vocabulary", VOCABULARY_FILES, ids=[path.stem for path in VOCABULARY_FILES])
+def test_every_vocabulary_has_a_descriptions_file(vocabulary):
+    assert (DESCRIPTIONS / vocabulary.name).is_file(), f"{vocabulary.stem} has no descriptions file"
+
+
+def test_no_sentence_is_shared_by_classes_with_different_names():
+    owners: dict[str, set[str]] = {}
+    for path in DESCRIPTION_FILES:
+        for name, sentences in load(path)["descriptions"].items():
+            for sentence in sentences:
+                owners.setdefault(normalise(sentence), set()).add(name)
+    shared = [
+        (sorted(names), sentence[:60])
+        for sentence, names in owners.items()
+        if any(not synonyms(a) & synonyms(b) for a in names for b in names)
+    ]
+    assert not shared, f"sentences shared by differently named classes: {shared[:10]}"
+
+
+def test_no_template_or_placeholder_text(bank_file):
+    found = [
+        (name, attribute, placeholder)
+        for name, sentences in load(bank_file)["descriptions"].items()
+        for attribute, sentence in zip(ATTRIBUTES, sentences, strict=False)
+        for placeholder in PLACEHOLDERS
+        if placeholder in sentence.lower()
+    ]
+    assert not found, f"template or placeholder text: {found[:10]}"
+
+
+# The benchmarks' class lists in their index order (label value i of a dataset is classes[i]); the digests are
+# those of CAT-Seg's datasets/ade847.json and pc459.json at commit 6d3a188, compared name for name.
+BENCHMARK_LISTS = {
+    "ade847": (847, "wall", "building, edifice", "adding machine, totalizer, totaliser", "ee311c5f3b780a16"),
+    "pc459": (459, "accordion", "aeroplane", "wool", "f22a02ac1b8419bc"),
+}
+
+
+@pytest.mark.parametrize("vocabulary", sorted(BENCHMARK_LISTS))
+def test_benchmark_lists_keep_their_index_order(vocabulary):
+    import hashlib
+
+    count, first, second, last, digest = BENCHMARK_LISTS[vocabulary]
+    classes = load(VOCABULARIES / f"{vocabulary}.json")["classes"]
+    assert (len(classes), classes[0], classes[1], classes[-1]) == (count, first, second, last)
+    assert hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16] == digest

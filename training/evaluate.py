@@ -3,6 +3,10 @@
     lsmseg-evaluate --checkpoint runs/lsmseg/final.safetensors \
         --datasets ade847 pc459 ade150 pc59 voc20 voc20b --sliding-window
     lsmseg-evaluate --checkpoint checkpoints/demo.safetensors --datasets synthetic-test
+    lsmseg-evaluate --checkpoint catseg-b16.safetensors --datasets ade847 pc459 --protocol catseg
+
+The prompt mode is the checkpoint's own (an imported CAT-Seg checkpoint records "catseg") unless --prompt-mode
+says otherwise; --protocol catseg scores as CAT-Seg's own evaluation does (model/catseg_protocol.py).
 
 Prints a Markdown table and writes JSON (default: evaluation.json next to the checkpoint).
 """
@@ -23,6 +27,8 @@ from tqdm import tqdm
 
 from model import LSMSeg, Segmenter, load_checkpoint
 from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
+from model.segmenter import PROTOCOLS
+from prompt_cache.modes import PROMPT_MODES, class_encoder, recorded_prompt_mode, resolve_prompt_mode
 from prompt_cache.names import normalise_name
 from training.datasets import IGNORE_INDEX, SEEN_CLASSES, build_dataset
 from training.datasets.base import SegmentationDataset
@@ -35,8 +41,10 @@ from training.prompts import class_prompts, dataset_descriptions
 @dataclass
 class EvaluationOptions:
     prompts: str = "bank"  # "bank" or "template" (see training.prompts.class_prompts)
+    prompt_mode: str | None = None  # prompt_cache.modes; None: the mode the checkpoint records
+    protocol: str = "lsmseg"  # "catseg": CAT-Seg's evaluation (fp32, no edge refinement, own windows)
     k: int | None = None  # CFM k; default the model's
-    sliding_window: bool = False
+    sliding_window: bool = False  # lsmseg protocol only
     edge_refinement: bool = True  # snap boundaries to image edges (model/edge_refinement.py), as the service
     batch_size: int = 4
     limit: int | None = None  # evaluate the first N images only
@@ -55,6 +63,12 @@ def seen_indices(classes: Sequence[str], seen_names: Collection[str]) -> list[in
     return [index for index, name in enumerate(classes) if normalise_name(name) in seen]
 
 
+def model_prompt_mode(model: LSMSeg, override: str | None = None) -> str:
+    """The prompt mode to evaluate `model` with: `override`, else what its checkpoint records."""
+    recorded = recorded_prompt_mode(getattr(model, "checkpoint_metadata", {}))
+    return resolve_prompt_mode(recorded, override, model.config.prompts_per_class)
+
+
 def evaluate_dataset(
     model: LSMSeg,
     dataset: SegmentationDataset,
@@ -68,15 +82,18 @@ def evaluate_dataset(
     classes = list(dataset.classes)
     asked = prompt_classes(dataset_name, classes)
     descriptions = dataset_descriptions(dataset) if asked == classes else None
-    prompts, sources = class_prompts(asked, model.config.prompts_per_class, options.prompts, descriptions)
+    mode = model_prompt_mode(model, options.prompt_mode)
+    per_class = model.config.prompts_per_class
+    prompts, sources = class_prompts(asked, per_class, options.prompts, descriptions, mode)
     segmenter = Segmenter(
         model,
         device=device,
         sliding_window=options.sliding_window,
         edge_refinement=DEFAULT_EDGE_REFINEMENT if options.edge_refinement else None,
+        protocol=options.protocol,
     )
     with torch.inference_mode():
-        text = model.to(segmenter.device).encode_text(prompts)
+        text = class_encoder(mode, model.to(segmenter.device).encode_text)(prompts)
     matrix = ConfusionMatrix(len(classes), class_names=classes)
     kept_gt, total_gt = 0, 0
     count = len(dataset) if options.limit is None else min(options.limit, len(dataset))
@@ -102,7 +119,9 @@ def evaluate_dataset(
         dataset=dataset_name,
         images=count,
         classes=len(classes),
+        prompt_mode=mode,
         prompt_sources=sources,
+        protocol=options.protocol,
         cfm_k=options.k or model.config.cfm_k,
         cfm_recall=kept_gt / total_gt if total_gt else float("nan"),
         views=segmenter.views(),
@@ -148,8 +167,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--root", help="dataset root (default: $LSMSEG_DATASETS, $DETECTRON2_DATASETS, ./datasets)"
     )
     parser.add_argument("--prompts", choices=("bank", "template"), default="bank")
+    parser.add_argument(
+        "--prompt-mode", choices=PROMPT_MODES, help="override the checkpoint's prompt mode (default: its own)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="lsmseg",
+        help="catseg: CAT-Seg's evaluation (640 canvas, 384 windows, fp32, no edge refinement)",
+    )
     parser.add_argument("--k", type=int, help="CFM k (default: the model's)")
-    parser.add_argument("--sliding-window", action="store_true")
+    parser.add_argument("--sliding-window", action="store_true", help="lsmseg protocol: add sliding windows")
     parser.add_argument(
         "--no-edge-refinement", action="store_true", help="score the model's own boundaries (no snapping)"
     )
@@ -164,8 +192,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     model = load_checkpoint(args.checkpoint, sam_checkpoint=args.sam_checkpoint)
+    try:
+        model_prompt_mode(model, args.prompt_mode)
+    except ValueError as exc:
+        parser.error(str(exc))
     options = EvaluationOptions(
         prompts=args.prompts,
+        prompt_mode=args.prompt_mode,
+        protocol=args.protocol,
         k=args.k,
         sliding_window=args.sliding_window,
         edge_refinement=not args.no_edge_refinement,

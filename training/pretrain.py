@@ -14,7 +14,6 @@ are segment boundaries, and which patches lie in the same segment) with a small 
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from training.datasets.synthetic import (
     instance_boundaries,
     scene_caption,
 )
+from training.schedule import warmup_cosine
 
 # Scenes for pretraining come from the all-classes generator ("test" mode) under their own seed, so they never
 # share an image with the evaluation split (seed 0). 0.2 makes unseen classes about as frequent as seen ones.
@@ -172,17 +172,6 @@ def _batches(length: int, batch_size: int, generator: torch.Generator) -> Iterat
             yield order[start : start + batch_size]
 
 
-def _cosine_schedule(
-    optimizer: torch.optim.Optimizer, steps: int, warmup: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(steps - warmup, 1), 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # CLIP ------------------------------------------------------------------------------------------------------
 def dense_caption_losses(
     log_p: torch.Tensor, patch_ids: torch.Tensor, present: torch.Tensor
@@ -237,7 +226,7 @@ class ClipPretrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.98)
         )
-        self.scheduler = _cosine_schedule(self.optimizer, train.steps, train.warmup)
+        self.scheduler = warmup_cosine(self.optimizer, train.steps, train.warmup)
         self.rng = random.Random(train.seed)
         self.generator = torch.Generator().manual_seed(train.seed)
 
@@ -366,7 +355,7 @@ class SamPretrainer:
         self.head = SegmentHead(config.embed_dim, config.patch_size, train.embed_dim)
         parameters = [*self.sam.encoder.parameters(), *self.head.parameters()]
         self.optimizer = torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
-        self.scheduler = _cosine_schedule(self.optimizer, train.steps, train.warmup)
+        self.scheduler = warmup_cosine(self.optimizer, train.steps, train.warmup)
         self.generator = torch.Generator().manual_seed(train.seed)
 
     def losses(self, batch: CropBatch) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
     lsmseg-train --config configs/vit-b16.yaml iterations=1000 output_dir=runs/try
     torchrun --nproc-per-node 4 -m training.train --config configs/vit-b16.yaml
+    lsmseg-train init=catseg-b16.safetensors fusion=weight sam_checkpoint=sam_vit_l_0b3195.pth  # from CAT-Seg
 
 Single process or torchrun DDP (one process per GPU, gloo on CPU). Resumable: model, optimiser, schedule,
 RNG state and the data position are saved every `checkpoint_every` iterations.
@@ -14,10 +15,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import LSMSeg, build_model, load_checkpoint, save_checkpoint
+from model import LSMSeg, add_sam, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
+from prompt_cache.modes import class_encoder, recorded_prompt_mode, resolve_prompt_mode
 from training.data import LoaderSpec, training_batches
 from training.loss import class_presence, segmentation_loss
 from training.prompts import class_prompts, dataset_descriptions
+from training.schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +46,16 @@ class TrainConfig:
     preset: str = "vit-b16-sam-l"
     clip_pretrained: str | None = "openai"
     sam_checkpoint: str | None = None
-    init_checkpoint: str | None = None  # start from an LSMSeg checkpoint instead of the preset's backbones
+    init: str | None = None  # start from an LSMSeg checkpoint instead of the preset's backbones
+    # With init: add `preset`'s frozen SAM and this fusion to a model without SAM (e.g. an imported CAT-Seg);
+    # "weight" starts zero-gated, i.e. exactly at the init model's outputs.
+    fusion: str | None = None
     dataset: str = "coco171-train"
     dataset_root: str | None = None
     prompts: str = "bank"  # "bank" (bank -> LLM -> template, per PromptBuilder) or "template"
+    # How class names become text (prompt_cache.modes: attributes, catseg, ensemble), recorded in the
+    # checkpoints written. None: the mode the init checkpoint records, else "attributes" (LSMSeg's own).
+    prompt_mode: str | None = None
     crop_size: int | None = None  # default: the model's image_size (384 for ViT-B/16, 336 for ViT-L/14)
     # Scale jitter: the short side is resized to crop_size × U(scale_range) before the crop (CAT-Seg's 0.5–2).
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -85,18 +93,23 @@ class TrainConfig:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.fusion is not None and self.init is None:
+            raise ValueError("fusion= adds SAM to an init= checkpoint; a preset brings its own fusion")
+
 
 class TrainStep(nn.Module):
     """What DDP wraps: text encoding happens inside forward so the text tower's q/v gradients sync too."""
 
-    def __init__(self, model: LSMSeg, prompts: list[list[str]], k: int | None) -> None:
+    def __init__(self, model: LSMSeg, prompts: list[list[str]], k: int | None, prompt_mode: str) -> None:
         super().__init__()
         self.model = model
         self.prompts = prompts
         self.k = k
+        self.encode = class_encoder(prompt_mode, model.encode_text)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        text = self.model.encode_text(self.prompts)
+        text = self.encode(self.prompts)
         # Ground-truth classes always get a CFM slot, so every labelled pixel has its class to learn from.
         force = class_presence(labels, len(self.prompts))
         output = self.model(images, text, k=self.k, force=force, return_selection=True)
@@ -133,22 +146,15 @@ def _device(config: TrainConfig, distributed: _Distributed) -> torch.device:
     return torch.device(kind)
 
 
-def _schedule(config: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to zero at the last iteration."""
-
-    def factor(iteration: int) -> float:
-        if iteration < config.warmup_iterations:
-            return (iteration + 1) / config.warmup_iterations
-        span = max(config.iterations - config.warmup_iterations, 1)
-        progress = min((iteration - config.warmup_iterations) / span, 1.0)
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def _build(config: TrainConfig) -> LSMSeg:
-    if config.init_checkpoint:
-        return load_checkpoint(config.init_checkpoint, sam_checkpoint=config.sam_checkpoint)
+    if config.init:
+        model = load_checkpoint(config.init, sam_checkpoint=config.sam_checkpoint)
+        if config.fusion is None:
+            return model
+        sam = get_config(config.preset).sam
+        if sam is None:
+            raise ValueError(f"preset {config.preset!r} has no SAM encoder to add; pick one that has")
+        return add_sam(model, sam, config.fusion, config.sam_checkpoint)
     return build_model(
         config.preset, clip_pretrained=config.clip_pretrained, sam_checkpoint=config.sam_checkpoint
     )
@@ -180,18 +186,23 @@ class Trainer:
         self.model = _build(config).to(self.device).train()
         self.spec = LoaderSpec.from_config(config, self.model.config.image_size, self.distributed.world_size)
         self.dataset = dataset
+        recorded = recorded_prompt_mode(read_metadata(config.init) if config.init else {})
+        self.prompt_mode = resolve_prompt_mode(
+            recorded, config.prompt_mode, self.model.config.prompts_per_class
+        )
         self.prompts, self.prompt_sources = class_prompts(
             self._classes(),
             self.model.config.prompts_per_class,
             config.prompts,
             dataset_descriptions(self.dataset),
+            mode=self.prompt_mode,
         )
-        step = TrainStep(self.model, self.prompts, config.cfm_k).to(self.device)
+        step = TrainStep(self.model, self.prompts, config.cfm_k, self.prompt_mode).to(self.device)
         self.step = DistributedDataParallel(step) if self.distributed.enabled else step
         self.optimizer = torch.optim.AdamW(
             self.model.parameter_groups(config.lr, config.weight_decay, config.clip_lr_multiplier)
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self.scheduler = warmup_cosine(self.optimizer, config.iterations, config.warmup_iterations)
         self.iteration = 0
         self.autocast_dtype = self._precision()
 
@@ -247,7 +258,7 @@ class Trainer:
             "classes": len(self.prompts),
             "prompt_sources": self.prompt_sources,
         }
-        return save_checkpoint(self.model, self.output_dir / name, extra=extra)
+        return save_checkpoint(self.model, self.output_dir / name, extra=extra, prompt_mode=self.prompt_mode)
 
     # Loop ---------------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
