@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -154,6 +155,17 @@ def latencies(
     return percentiles(direct_samples), percentiles(http_samples)
 
 
+def run_clients(clients: int, run: Callable[[], None]) -> float:
+    """Run `run` in `clients` threads at once; the seconds until the last one returned."""
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
 def throughput(server: Server, jpeg: bytes, classes: list[str], clients: int, duration: float) -> dict:
     """Each client sends its next request as soon as the previous one is answered."""
     latencies: list[float] = []
@@ -168,13 +180,7 @@ def throughput(server: Server, jpeg: bytes, classes: list[str], clients: int, du
                 with lock:
                     latencies.append(seconds)
 
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_clients(clients, run)
     return {
         "clients": clients,
         "requests": len(latencies),
@@ -213,13 +219,7 @@ def overload(
                 if response.status_code == 503:
                     time.sleep(float(response.headers["Retry-After"]) if retry_s is None else retry_s)
 
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_clients(clients, run)
     return {
         "clients": clients,
         "retry": "Retry-After" if retry_s is None else f"{retry_s * 1000:g} ms",

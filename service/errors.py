@@ -107,6 +107,9 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Unavailable)
+    # An admission refusal comes before the body is read; uvicorn then discards the body as it arrives and
+    # keeps the connection for the client's next try (cheaper than a new one), or closes it after its
+    # keep-alive timeout when no body comes.
     return error_response(503, exc.code, exc.message, retry_after(exc.retry_after_s))
 
 

@@ -10,9 +10,8 @@ import httpx
 import hypothesis
 import numpy as np
 import pytest
-import redis
 import schemathesis
-from conftest import TEST_DB
+from conftest import empty_test_db
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
@@ -27,13 +26,9 @@ MAX_REQUEST_BYTES = 4 * 2**20
 
 @pytest.fixture(scope="module")
 def server(_shared_redis, tmp_path_factory):
-    host, port = _shared_redis
-    client = redis.Redis(host=host, port=port, db=TEST_DB)
-    client.flushdb()
-    client.close()
     service = ServiceProcess(
         tmp_path_factory.mktemp("service") / "service.log",
-        redis_url=f"redis://{host}:{port}/{TEST_DB}",
+        redis_url=empty_test_db(_shared_redis),
         max_request_bytes=MAX_REQUEST_BYTES,
         max_image_pixels=4_000_000,
     ).start()
