@@ -439,7 +439,7 @@ def test_generated_requests_never_get_a_500(server):
     for operation in operations:
 
         @hypothesis.settings(
-            max_examples=25,
+            max_examples=100,
             deadline=None,
             derandomize=True,
             database=None,
