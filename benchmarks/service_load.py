@@ -5,11 +5,17 @@ seeded random `tiny`), a 640×480 JPEG and 20 classes given inline:
   1. latency: p50/p95 of sequential POST /segment requests vs the same model's Segmenter.segment() on the
      decoded image in this process (target: HTTP p50 ≤ 1.10 × direct p50). The two alternate, one call each,
      so that both see the same machine load;
-  2. throughput: 1, 4 and 8 concurrent clients for a fixed time, with batching on (max_batch 8) and off (1).
+  2. throughput: 1, 4 and 8 concurrent clients for a fixed time, with batching on (max_batch 8) and off (1);
+  3. overload: LSMSEG_QUEUE_SIZE=4, 1 client against 16 clients that retry every 503 (after its Retry-After,
+     and after 50 ms): useful images/s and the p95 of accepted requests (target: 16 clients keep ≥ 90 % of
+     the 1-client throughput);
+  4. poison: one client's small requests (320×240, cached classes), quiet and while a 6000×6000 JPEG and a
+     request with 1024 never-seen classes arrive every second (target: p95 ≤ 2× the quiet p95).
 
     python benchmarks/service_load.py
     python benchmarks/service_load.py --duration 20 --clients 1 4 8 16
     python benchmarks/service_load.py --torch-threads 1     # on a CPU shared with other jobs
+    python benchmarks/service_load.py --parts overload poison
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -117,11 +125,15 @@ class Server:
         self.process.wait(timeout=30)
 
 
-def post(client: httpx.Client, jpeg: bytes, classes: list[str]) -> float:
-    start = time.perf_counter()
-    response = client.post(
+def send(client: httpx.Client, jpeg: bytes, classes: list[str]) -> httpx.Response:
+    return client.post(
         "/segment", files={"image": ("photo.jpg", jpeg, "image/jpeg")}, data={"classes": json.dumps(classes)}
     )
+
+
+def post(client: httpx.Client, jpeg: bytes, classes: list[str]) -> float:
+    start = time.perf_counter()
+    response = send(client, jpeg, classes)
     response.raise_for_status()
     response.json()
     return time.perf_counter() - start
@@ -143,6 +155,17 @@ def latencies(
     return percentiles(direct_samples), percentiles(http_samples)
 
 
+def run_clients(clients: int, run: Callable[[], None]) -> float:
+    """Run `run` in `clients` threads at once; the seconds until the last one returned."""
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - start
+
+
 def throughput(server: Server, jpeg: bytes, classes: list[str], clients: int, duration: float) -> dict:
     """Each client sends its next request as soon as the previous one is answered."""
     latencies: list[float] = []
@@ -157,18 +180,121 @@ def throughput(server: Server, jpeg: bytes, classes: list[str], clients: int, du
                 with lock:
                     latencies.append(seconds)
 
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_clients(clients, run)
     return {
         "clients": clients,
         "requests": len(latencies),
         "images_per_s": len(latencies) / elapsed,
         **percentiles(latencies),
+    }
+
+
+def overload(
+    server: Server, jpeg: bytes, classes: list[str], clients: int, duration: float, retry_s: float | None
+) -> dict:
+    """Clients that send again at once after an answer, and retry a 503 after `retry_s` (None: after the
+    server's Retry-After). Useful = answered 200; accepted p95 = latency of the attempts answered 200."""
+    accepted: list[float] = []
+    refused = failed = 0
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def run() -> None:
+        nonlocal refused, failed
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                try:
+                    response = send(client, jpeg, classes)
+                except httpx.TransportError:  # e.g. the connection closed while the body was on its way
+                    with lock:
+                        failed += 1
+                    continue
+                seconds = time.perf_counter() - start
+                with lock:
+                    if response.status_code == 200:
+                        accepted.append(seconds)
+                    else:
+                        refused += 1
+                if response.status_code == 503:
+                    time.sleep(float(response.headers["Retry-After"]) if retry_s is None else retry_s)
+
+    elapsed = run_clients(clients, run)
+    return {
+        "clients": clients,
+        "retry": "Retry-After" if retry_s is None else f"{retry_s * 1000:g} ms",
+        "accepted": len(accepted),
+        "refused": refused,
+        "transport_errors": failed,
+        "useful_images_per_s": len(accepted) / elapsed,
+        **({"accepted_" + key: value for key, value in percentiles(accepted).items()} if accepted else {}),
+    }
+
+
+def big_jpeg() -> bytes:
+    """6000×6000 pixels: a smooth gradient, as a camera's sky or wall would be."""
+    row = np.linspace(0, 255, 6000, dtype=np.uint8)
+    pixels = np.stack(
+        [np.tile(row, (6000, 1)), np.tile(row[::-1], (6000, 1)), np.full((6000, 6000), 90, np.uint8)], 2
+    )
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=70)
+    return buffer.getvalue()
+
+
+def poisoned(server: Server, duration: float, poison: bool) -> dict:
+    """One client's small requests (p50/p95), with or without a large image and 1024 new classes a second."""
+    small = photo_like_jpeg(320, 240, seed=1)
+    classes = Bank().vocabulary("ade150")[:10]
+    latencies: list[float] = []
+    outcomes: dict[str, list[int]] = {"6000x6000 JPEG": [], "1024 new classes": []}
+    stop_at = time.perf_counter() + duration
+    big = big_jpeg()
+
+    def poison_request(kind: str) -> None:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            if kind == "6000x6000 JPEG":
+                response = send(client, big, classes)
+            else:
+                response = send(
+                    client, small, [f"never seen {uuid.uuid4().hex[:12]} {i}" for i in range(1024)]
+                )
+        outcomes[kind].append(response.status_code)
+
+    def poisoner() -> None:
+        threads = []
+        while time.perf_counter() < stop_at:
+            for kind in outcomes:
+                threads.append(threading.Thread(target=poison_request, args=(kind,)))
+                threads[-1].start()
+            time.sleep(1.0)
+        for thread in threads:
+            thread.join()
+
+    small_statuses: list[int] = []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        post(client, small, classes)  # the small requests' text is cached from here on
+        side = threading.Thread(target=poisoner) if poison else None
+        if side is not None:
+            side.start()
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            status = send(client, small, classes).status_code
+            small_statuses.append(status)
+            if status == 200:
+                latencies.append(time.perf_counter() - start)
+        if side is not None:
+            side.join()
+    statuses = {
+        kind: {str(code): codes.count(code) for code in sorted(set(codes))}
+        for kind, codes in outcomes.items()
+    }
+    return {
+        "poison": poison,
+        "requests": len(latencies),
+        **percentiles(latencies or [float("nan")]),
+        "small_statuses": {str(code): small_statuses.count(code) for code in sorted(set(small_statuses))},
+        "poison_statuses": statuses,
     }
 
 
@@ -182,6 +308,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--torch-threads", type=int, default=None, help="for both sides (default: torch's)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.torch_threads:
@@ -192,68 +319,122 @@ def main() -> None:
 
     jpeg = photo_like_jpeg()
     classes = Bank().vocabulary("ade150")[:20]
-    direct_segmenter = DirectSegmenter(jpeg, classes)
-    model_info = direct_segmenter.info
-
-    runs = []
-    direct = latency = None
-    for batching, max_batch in (("on", args.max_batch), ("off", 1)):
-        server = Server(max_batch=max_batch, **server_settings)
-        try:
-            if batching == "on":
-                direct, latency = latencies(server, direct_segmenter, jpeg, classes, args.repeats)
-            for clients in args.clients:
-                runs.append(
-                    {
-                        "batching": batching,
-                        "max_batch": max_batch,
-                        **throughput(server, jpeg, classes, clients, args.duration),
-                    }
-                )
-        finally:
-            server.stop()
-    assert direct is not None and latency is not None
-
-    report = {
-        "model": model_info,
+    report: dict[str, object] = {
         "machine": {
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
         },
         "image": "640×480 JPEG, 20 classes inline (ADE-150's first 20), output label_png",
-        "latency": {
-            "direct": direct,
-            "http": latency,
-            "ratio_p50": latency["p50_ms"] / direct["p50_ms"],
-            "ratio_p95": latency["p95_ms"] / direct["p95_ms"],
-        },
-        "throughput": runs,
         "settings": {
             "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
             "duration_s": args.duration,
         },
     }
+    if "latency" in args.parts or "throughput" in args.parts:
+        report.update(batching_parts(args, server_settings, jpeg, classes))
+    if "overload" in args.parts:
+        server = Server(max_batch=args.max_batch, queue_size=4, **server_settings)
+        try:
+            report["overload"] = [
+                overload(server, jpeg, classes, clients, args.duration, retry_s)
+                for clients, retry_s in ((1, None), (16, None), (16, 0.05))
+            ]
+        finally:
+            server.stop()
+    if "poison" in args.parts:
+        server = Server(max_batch=args.max_batch, **server_settings)
+        try:
+            report["poison"] = [poisoned(server, args.duration, poison) for poison in (False, True)]
+        finally:
+            server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-
-    print(
-        f"model {model_info['name']} ({model_info['source']}) on {model_info['device']}, "
-        f"{os.cpu_count()} CPUs, 640×480 JPEG, 20 classes"
-    )
-    print(f"\n{'latency':<22} {'p50 ms':>8} {'p95 ms':>8}")
-    print(f"{'direct Segmenter':<22} {direct['p50_ms']:>8.1f} {direct['p95_ms']:>8.1f}")
-    print(f"{'HTTP POST /segment':<22} {latency['p50_ms']:>8.1f} {latency['p95_ms']:>8.1f}")
-    ratios = report["latency"]
-    print(f"{'ratio (target ≤ 1.10)':<22} {ratios['ratio_p50']:>8.2f} {ratios['ratio_p95']:>8.2f}")
-    print(f"\n{'batching':<9} {'clients':>7} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9}")
-    for run in runs:
-        print(
-            f"{run['batching'] + ' (' + str(run['max_batch']) + ')':<9} {run['clients']:>7} "
-            f"{run['images_per_s']:>7.2f} {run['p50_ms']:>8.1f} {run['p95_ms']:>8.1f} {run['requests']:>9}"
-        )
+    print_report(report)
     print(f"\nwritten to {args.out}")
+
+
+PARTS = ("latency", "throughput", "overload", "poison")
+
+
+def batching_parts(args: argparse.Namespace, server_settings: dict, jpeg: bytes, classes: list[str]) -> dict:
+    """Parts 1 and 2: HTTP against a direct Segmenter call, and throughput with batching on and off."""
+    direct_segmenter = DirectSegmenter(jpeg, classes)
+    runs = []
+    direct = latency = None
+    for batching, max_batch in (("on", args.max_batch), ("off", 1)):
+        server = Server(max_batch=max_batch, **server_settings)
+        try:
+            if batching == "on" and "latency" in args.parts:
+                direct, latency = latencies(server, direct_segmenter, jpeg, classes, args.repeats)
+            if "throughput" in args.parts:
+                for clients in args.clients:
+                    result = throughput(server, jpeg, classes, clients, args.duration)
+                    runs.append({"batching": batching, "max_batch": max_batch, **result})
+        finally:
+            server.stop()
+    parts: dict[str, object] = {"model": direct_segmenter.info, "throughput": runs}
+    if direct is not None and latency is not None:
+        parts["latency"] = {
+            "direct": direct,
+            "http": latency,
+            "ratio_p50": latency["p50_ms"] / direct["p50_ms"],
+            "ratio_p95": latency["p95_ms"] / direct["p95_ms"],
+        }
+    return parts
+
+
+def print_report(report: dict) -> None:
+    print(f"{os.cpu_count()} CPUs, 640×480 JPEG, 20 classes")
+    if "model" in report:
+        model = report["model"]
+        print(f"model {model['name']} ({model['source']}) on {model['device']}")
+    if "latency" in report:
+        direct, latency = report["latency"]["direct"], report["latency"]["http"]
+        print(f"\n{'latency':<22} {'p50 ms':>8} {'p95 ms':>8}")
+        print(f"{'direct Segmenter':<22} {direct['p50_ms']:>8.1f} {direct['p95_ms']:>8.1f}")
+        print(f"{'HTTP POST /segment':<22} {latency['p50_ms']:>8.1f} {latency['p95_ms']:>8.1f}")
+        ratios = report["latency"]
+        print(f"{'ratio (target ≤ 1.10)':<22} {ratios['ratio_p50']:>8.2f} {ratios['ratio_p95']:>8.2f}")
+    if report.get("throughput"):
+        print(f"\n{'batching':<9} {'clients':>7} {'img/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9}")
+        for run in report["throughput"]:
+            print(
+                f"{run['batching'] + ' (' + str(run['max_batch']) + ')':<9} {run['clients']:>7} "
+                f"{run['images_per_s']:>7.2f} {run['p50_ms']:>8.1f} {run['p95_ms']:>8.1f} "
+                f"{run['requests']:>9}"
+            )
+    if "overload" in report:
+        rows = report["overload"]
+        base = rows[0]["useful_images_per_s"]
+        print("\noverload, LSMSEG_QUEUE_SIZE=4 (target: useful img/s ≥ 90 % of 1 client's)")
+        print(
+            f"{'clients':>7} {'retry':>12} {'useful img/s':>13} {'of 1 client':>12} {'accepted p95 ms':>16} "
+            f"{'503s':>6} {'errors':>7}"
+        )
+        for row in rows:
+            print(
+                f"{row['clients']:>7} {row['retry']:>12} {row['useful_images_per_s']:>13.2f} "
+                f"{row['useful_images_per_s'] / base:>11.0%} "
+                f"{row.get('accepted_p95_ms', float('nan')):>16.1f} "
+                f"{row['refused']:>6} {row['transport_errors']:>7}"
+            )
+    if "poison" in report:
+        quiet, poisoned_run = report["poison"]
+        print(
+            "\npoison: small requests' latency while a 6000×6000 JPEG and 1024 new classes come every second"
+        )
+        print(f"{'':<10} {'p50 ms':>8} {'p95 ms':>8} {'answered':>9}  statuses")
+        for label, run in (("quiet", quiet), ("poisoned", poisoned_run)):
+            print(
+                f"{label:<10} {run['p50_ms']:>8.1f} {run['p95_ms']:>8.1f} {run['requests']:>9}  "
+                f"{run['small_statuses']}"
+            )
+        print(
+            f"p95 ratio (target ≤ 2): {poisoned_run['p95_ms'] / quiet['p95_ms']:.2f}; "
+            f"poison answers: {poisoned_run['poison_statuses']}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,3 +41,13 @@ def vocab_key(vocab_id: str) -> str:
 
 def vocab_name_key(name: str) -> str:
     return f"{KEY_PREFIX}vocabname:{name}"
+
+
+def vocab_index_key() -> str:
+    """Sorted set of every vocab_id, scored by creation time: GET /vocab pages through it."""
+    return f"{KEY_PREFIX}vocabindex"
+
+
+def registry_epoch_key() -> str:
+    """A random token the first registry writes into an empty Redis; a new token means Redis lost its data."""
+    return f"{KEY_PREFIX}vocabepoch"

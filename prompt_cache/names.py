@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from prompt_cache.errors import ValidationError
 
@@ -11,6 +12,24 @@ MAX_CLASSES = 4096
 MAX_CLASS_CHARS = 200
 MAX_DESCRIPTIONS_PER_CLASS = 16
 MAX_DESCRIPTION_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class ClassList:
+    """A class list validated once (`validate_class_list`): normalised names and the user's descriptions.
+    The prompt builder and the registry take it as it is instead of validating the raw input again."""
+
+    names: tuple[str, ...]
+    descriptions: dict[str, list[str]] | None = None
+
+
+def check_text(text: str, what: str) -> None:
+    """ValidationError for strings that are not Unicode text: a lone UTF-16 surrogate (JSON's "\\ud800")
+    can be decoded from JSON but neither hashed nor stored, since it has no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} contains a lone UTF-16 surrogate, which is not text") from None
 
 
 def normalise_name(name: str) -> str:
@@ -37,6 +56,7 @@ def validate_classes(
     for index, raw in enumerate(classes):
         if not isinstance(raw, str):
             raise ValidationError(f"class {index} is not a string")
+        check_text(raw, f"class {index}")
         name = normalise_name(raw)
         if not name:
             raise ValidationError(f"class {index} is empty")
@@ -62,6 +82,8 @@ def validate_descriptions(
     cleaned: dict[str, list[str]] = {}
     for raw_name, sentences in descriptions.items():
         name = normalise_name(raw_name) if isinstance(raw_name, str) else ""
+        if isinstance(raw_name, str):
+            check_text(raw_name, "a description's class name")
         if name not in known:
             raise ValidationError(f"descriptions given for {raw_name!r}, which is not in the class list")
         if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
@@ -73,6 +95,7 @@ def validate_descriptions(
         for sentence in sentences:
             if not isinstance(sentence, str) or not sentence.strip():
                 raise ValidationError(f"descriptions for {raw_name!r} contain an empty or non-text entry")
+            check_text(sentence, f"a description for {raw_name!r}")
             if len(sentence) > MAX_DESCRIPTION_CHARS:
                 raise ValidationError(
                     f"a description for {raw_name!r} has {len(sentence)} characters; "
@@ -80,3 +103,15 @@ def validate_descriptions(
                 )
         cleaned[name] = [" ".join(sentence.split()) for sentence in sentences]
     return cleaned
+
+
+def validate_class_list(
+    classes: Sequence[str],
+    descriptions: Mapping[str, Sequence[str]] | None = None,
+    max_classes: int = MAX_CLASSES,
+    max_chars: int = MAX_CLASS_CHARS,
+) -> ClassList:
+    """Classes and descriptions checked in one pass (ValidationError says what is wrong)."""
+    names = validate_classes(classes, max_classes, max_chars)
+    cleaned = validate_descriptions(descriptions, names) if descriptions else None
+    return ClassList(tuple(names), cleaned or None)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from prompt_cache.llm import LLMAnswerError, LLMClient
 from prompt_cache.modes import DEFAULT_PROMPT_MODE, catseg_prompt, check_prompt_mode
-from prompt_cache.names import MAX_CLASSES, validate_classes, validate_descriptions
+from prompt_cache.names import MAX_CLASSES, ClassList, validate_class_list
 from prompt_cache.prompt_bank import ATTRIBUTES, Bank
 from prompt_cache.tokens import truncate
 
@@ -109,16 +109,20 @@ class PromptBuilder:
         self.max_classes = max_classes
 
     def build(
-        self, names: Sequence[str], descriptions: Mapping[str, Sequence[str]] | None = None
+        self, names: Sequence[str] | ClassList, descriptions: Mapping[str, Sequence[str]] | None = None
     ) -> PromptSet:
-        """P prompts for every class; raises ValidationError only for bad input, never for an LLM problem."""
-        classes = validate_classes(names, self.max_classes)
-        given = validate_descriptions(descriptions or {}, classes)
+        """P prompts for every class; raises ValidationError only for bad input, never for an LLM problem.
+        A ClassList is taken as validated (its descriptions are the user's; `descriptions` is ignored)."""
+        if isinstance(names, ClassList):
+            checked = names
+        else:
+            checked = validate_class_list(names, descriptions, self.max_classes)
+        classes = list(checked.names)
         if self.mode == "catseg":
             # CAT-Seg's checkpoints know their one template only: no sentences are looked for.
             prompts = [[catseg_prompt(name)] for name in classes]
             return _prompt_set(classes, prompts, ["template"] * len(classes))
-        chosen = {name: ("user", sentences) for name, sentences in given.items()}
+        chosen = {name: ("user", sentences) for name, sentences in (checked.descriptions or {}).items()}
         for name in classes:
             authored = self.bank.descriptions(name)
             if name not in chosen and authored is not None:

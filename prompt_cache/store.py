@@ -16,6 +16,7 @@ import json
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
@@ -62,6 +63,17 @@ class LRU(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@dataclass(frozen=True)
+class TextLookup:
+    """One vocabulary's rows found in the cache tiers, and the prompt lists none of them had."""
+
+    keys: list[str]  # one per class, in the caller's order
+    blocks: list[tuple[list[str], torch.Tensor]]  # (keys, their rows) per tier that had some
+    missing_keys: list[str]  # distinct keys still to encode
+    missing: list[list[str]]  # their prompt lists, in the same order
+    rows: int  # embedding rows per class: P, or 1 in ensemble mode
 
 
 class EmbeddingStore:
@@ -115,6 +127,16 @@ class EmbeddingStore:
         `encode_fn(prompt_lists)` receives only the prompt lists no tier had, and must return M×P×D
         (M×1×D in ensemble mode).
         """
+        lookup = self.lookup(prompts_per_class)
+        encoded = None
+        if lookup.missing:
+            with torch.no_grad():
+                encoded = encode_fn(lookup.missing)
+        return self.complete(lookup, encoded)
+
+    def lookup(self, prompts_per_class: Sequence[Sequence[str]]) -> TextLookup:
+        """What the memory LRU and Redis (one MGET for the memory misses) hold; `missing` is left to encode.
+        A caller may encode the misses elsewhere (e.g. on a model thread, in chunks) and then `complete`."""
         per_class = self._rows_per_entry(prompts_per_class)
         keys = self._keys_for(prompts_per_class)
         prompts_by_key = dict(zip(keys, prompts_per_class, strict=True))  # also drops repeated classes
@@ -134,17 +156,23 @@ class EmbeddingStore:
                 self._remember(fetched_keys, fetched)
                 found = set(fetched_keys)
                 missing = [key for key in missing if key not in found]
+        return TextLookup(keys, blocks, missing, [list(prompts_by_key[key]) for key in missing], per_class)
+
+    def complete(self, lookup: TextLookup, encoded: torch.Tensor | None) -> torch.Tensor:
+        """C×P×D from a lookup and the embeddings of its `missing` prompt lists (M×P×D, in that order),
+        which are remembered and written back to Redis."""
+        blocks = list(lookup.blocks)
         new_entries: dict[str, tuple[bytes, int | None]] = {}
-        if missing:
-            encoded = self._encode([list(prompts_by_key[key]) for key in missing], encode_fn, per_class)
-            blocks.append((missing, encoded))
-            self._remember(missing, encoded)
+        if lookup.missing:
+            encoded = self._accept(lookup, encoded)
+            blocks.append((lookup.missing_keys, encoded))
+            self._remember(lookup.missing_keys, encoded)
             if self.link.enabled:
                 as_float16 = _convert(encoded.cpu(), torch.float16).numpy()
-                for key, row in zip(missing, as_float16, strict=True):
+                for key, row in zip(lookup.missing_keys, as_float16, strict=True):
                     new_entries[key] = (row.tobytes(), self.ttl_s)
         self._write(new_entries)
-        return self._assemble(keys, blocks)
+        return self._assemble(lookup.keys, blocks)
 
     def get_descriptions(self, names: Sequence[str]) -> dict[str, list[str]]:
         """LLM-written sentences already cached for these classes, keyed by normalised name (one MGET)."""
@@ -247,13 +275,12 @@ class EmbeddingStore:
             raise ValueError("every class needs at least one sentence")
         return 1
 
-    def _encode(self, prompt_lists: list[list[str]], encode_fn: EncodeFn, rows: int) -> torch.Tensor:
-        with torch.no_grad():
-            encoded = encode_fn(prompt_lists)
-        expected = (len(prompt_lists), rows)
-        if encoded.dim() != 3 or tuple(encoded.shape[:2]) != expected:
-            raise ValueError(f"encode_fn returned shape {tuple(encoded.shape)}; expected {expected} × D")
-        self._count("encode", "computed", len(prompt_lists))
+    def _accept(self, lookup: TextLookup, encoded: torch.Tensor | None) -> torch.Tensor:
+        expected = (len(lookup.missing), lookup.rows)
+        if encoded is None or encoded.dim() != 3 or tuple(encoded.shape[:2]) != expected:
+            shape = None if encoded is None else tuple(encoded.shape)
+            raise ValueError(f"encode_fn returned shape {shape}; expected {expected} × D")
+        self._count("encode", "computed", len(lookup.missing))
         return encoded.detach().to(self.device, torch.float32)
 
     def _write(self, entries: dict[str, tuple[bytes, int | None]]) -> None:

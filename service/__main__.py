@@ -35,7 +35,17 @@ def main() -> int:
         print(f"lsmseg-serve: cannot start: {exc}", file=sys.stderr)
         return 2
     # One worker on purpose: the model lives in this process, and batching needs all requests in one place.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=1,
+        # h11 whatever else is installed: its framing rules are the ones service/limits.py completes.
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        server_header=False,
+    )
     return 0
 
 

@@ -12,10 +12,10 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from service.errors import install_error_handlers
-from service.limits import BodySizeLimitMiddleware
+from service.limits import RequestGuardMiddleware
 from service.loader import plan_model
 from service.metrics import RequestMetricsMiddleware
-from service.routes import STATIC_DIR, protected, router
+from service.routes import ROUTERS, STATIC_DIR, TAGS
 from service.schemas import SegmentForm, SegmentJsonRequest
 from service.settings import Settings
 from service.state import ServiceState
@@ -23,7 +23,10 @@ from service.state import ServiceState
 API_VERSION = "1.0.0"
 _DESCRIPTION = """Open-vocabulary semantic segmentation (LSMSeg). Send an image and class names (or the id
 of a registered vocabulary); get back a label map whose value i means `classes[i]`, as a PNG and/or COCO RLE.
-Every error answers `{"error": {"code", "message"}}`."""
+Every error answers `{"error": {"code", "message"}}`; 503 answers carry Retry-After. When the server sets
+LSMSEG_API_KEY, the segmentation and vocabulary routes need `Authorization: Bearer <key>`."""
+_LICENSE = {"name": "Apache-2.0", "identifier": "Apache-2.0"}
+_SERVERS = [{"url": "http://127.0.0.1:8000", "description": "a worker here (lsmseg-serve's default address)"}]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,13 +52,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        openapi_tags=TAGS,
+        license_info=_LICENSE,
+        servers=_SERVERS,
     )
     app.state.service = state
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestGuardMiddleware,
+        max_bytes=settings.max_request_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        hosts=settings.served_hosts(),
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)  # outermost: times everything
-    app.include_router(router)
-    app.include_router(protected)
+    for router in ROUTERS:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")  # the page at GET /
     _document_segment_bodies(app)
     return app
@@ -67,7 +78,13 @@ def _document_segment_bodies(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+                servers=app.servers,
+                license_info=app.license_info,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (SegmentForm, SegmentJsonRequest):

@@ -1,12 +1,17 @@
-"""Dynamic micro-batching on one model thread.
+"""Dynamic micro-batching on one model thread, with admission before any expensive work.
 
-Requests wait in a bounded queue. The model thread takes the oldest one and waits until `max_batch`
-requests are there or `max_wait_s` has passed since that oldest one arrived, then runs them as one batch.
-It waits only while more requests are on their way (being read and decoded, see `arriving`): a lone
-request never pays `max_wait_s`, and under load batches still fill up.
-The model is touched by this thread only (it loads it too), so nothing else needs a lock around it.
-A full queue or a model that is not ready is refused at once (503 + Retry-After); a request whose client
-went away is taken out of the queue and never reaches the model.
+A request first takes a place (`admit`) — before its body is read — so that a full worker refuses it at
+once (QueueFull, a 503 with Retry-After) instead of after reading, decoding and resolving it. `queue_size`
+bounds the admitted requests the model thread has not taken yet: those being read and decoded, and those
+queued. Once decoded, a request counts as arriving (`Admission.arriving`); then it is submitted. The model
+thread takes
+the oldest queued request and waits until `max_batch` are there, or nothing more is arriving, or `max_wait_s`
+has passed since that oldest one was queued, then runs them as one batch: a lone request never pays
+`max_wait_s`, and a slow upload, not yet decoded, delays nobody's batch.
+Other model work (`between_batches`, e.g. encoding one chunk of new class names) runs when no batch is ready,
+and alternately with batches while both wait, so neither starves the other.
+The model is touched by this thread only (it loads it too), so nothing else needs a lock around it. A request
+whose client went away is taken out of the queue and never reaches the model.
 """
 
 from __future__ import annotations
@@ -17,21 +22,19 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from service.errors import ApiError, unavailable
+from service.exceptions import ModelFailed, NotReady, QueueFull, ShuttingDown, TimedOut, Unavailable
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
+T = TypeVar("T")
 RunBatch = Callable[[Sequence[P]], Sequence[R | BaseException]]
-
-_LOADING_RETRY_S = 5.0
-_FAILED_RETRY_S = 60.0
 
 
 @dataclass(eq=False)
@@ -47,6 +50,38 @@ class Job(Generic[P, R]):
         return (self.started or time.perf_counter()) - self.enqueued
 
 
+@dataclass(eq=False)
+class _Work:
+    """A call to run on the model thread between batches."""
+
+    call: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+class Admission(Generic[P, R]):
+    """One admitted request's place, from before its body is read until it is queued (or gives up)."""
+
+    def __init__(self, batcher: Batcher[P, R]) -> None:
+        self._batcher = batcher
+        self._held = True
+        self._arriving = False
+
+    def arriving(self) -> None:
+        """The request is decoded and will be submitted soon: a forming batch may wait for it."""
+        self._batcher._mark_arriving(self)
+
+    def submit(self, payload: P) -> Job[P, R]:
+        """Queue the request in this place (ShuttingDown when the worker stops meanwhile)."""
+        return self._batcher._submit(self, payload)
+
+    def __enter__(self) -> Admission[P, R]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._batcher._release(self)  # a no-op once submitted
+
+
 class Batcher(Generic[P, R]):
     """`startup()` runs first on the model thread and returns the function that processes a batch."""
 
@@ -58,66 +93,105 @@ class Batcher(Generic[P, R]):
         self.state = "idle"  # idle -> loading -> ready | failed; stopped at shutdown
         self.error: str | None = None
         self._queue: deque[Job[P, R]] = deque()
+        self._work: deque[_Work] = deque()
         self._condition = threading.Condition()
         self._stopping = False
-        self._arriving = 0  # requests being prepared that will be submitted soon
+        self._admitted = 0  # places held by requests not submitted yet (being read, decoded, resolved)
+        self._arriving = 0  # of those, the decoded ones
+        self._work_turn = False  # after a batch, waiting work goes first
         self._thread: threading.Thread | None = None
         self._batch_seconds = 0.0  # moving average, for Retry-After estimates
 
     # Event-loop side -------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
-        """Wrap a request's preparation up to submit(): a forming batch may wait for it."""
-        with self._condition:
-            self._arriving += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._arriving -= 1
-                self._condition.notify_all()
-
-    def submit(self, payload: P) -> Job[P, R]:
-        """Queue one request; ApiError 503 when the model is not ready or the queue is full."""
+    def admit(self) -> Admission[P, R]:
+        """A place for one request; NotReady, ModelFailed or QueueFull (Unavailable) when there is none."""
         if self.state != "ready":
             self.metrics.rejected.labels("not_ready").inc()
             raise self.not_ready_error()
-        loop = asyncio.get_running_loop()
-        job: Job[P, R] = Job(payload, loop.create_future(), loop)
         with self._condition:
-            if len(self._queue) >= self.queue_size:
+            if self._stopping:
+                raise ShuttingDown()
+            waiting = len(self._queue) + self._admitted
+            if waiting >= self.queue_size:
                 self.metrics.rejected.labels("queue_full").inc()
-                raise unavailable(
-                    "queue_full",
-                    f"the server is busy ({len(self._queue)} requests waiting); retry shortly",
-                    self._retry_after_s(),
+                raise QueueFull(
+                    f"the server is busy ({waiting} requests waiting); retry shortly", self._retry_after_s()
                 )
-            self._queue.append(job)
-            self.metrics.queue_depth.set(len(self._queue))
+            self._admitted += 1
+            self._publish_depth()
+        return Admission(self)
+
+    def between_batches(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `call()` on the model thread when no batch is ready (or in turn with batches)."""
+        loop = asyncio.get_running_loop()
+        work = _Work(call, loop.create_future(), loop)
+        with self._condition:
+            if self._stopping:
+                raise ShuttingDown()
+            self._work.append(work)
             self._condition.notify()
-        return job
+        return work.future
 
     def cancel(self, job: Job[P, R]) -> None:
         """Take a job out of the queue (its client left or gave up); a running batch simply drops it."""
         with self._condition:
             with contextlib.suppress(ValueError):  # already taken by the model thread
                 self._queue.remove(job)
-            self.metrics.queue_depth.set(len(self._queue))
+            self._publish_depth()
         if not job.future.done():
             job.future.cancel()
 
-    def timed_out(self) -> ApiError:
+    def timed_out(self) -> Unavailable:
         self.metrics.rejected.labels("timeout").inc()
-        return unavailable("timeout", "no result in time; the server is overloaded", self._retry_after_s())
+        return TimedOut("no result in time; the server is overloaded", self._retry_after_s())
 
-    def not_ready_error(self) -> ApiError:
+    def not_ready_error(self) -> Unavailable:
         if self.state == "failed":
-            return unavailable("model_failed", f"the model failed to load: {self.error}", _FAILED_RETRY_S)
-        return unavailable("not_ready", "the model is still loading; retry shortly", _LOADING_RETRY_S)
+            return ModelFailed(self.error or "unknown error")
+        if self.state == "stopped":
+            return ShuttingDown()
+        return NotReady()
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        """Admitted requests the model thread has not taken yet."""
+        return len(self._queue) + self._admitted
+
+    def _mark_arriving(self, admission: Admission[P, R]) -> None:
+        with self._condition:
+            if admission._held and not admission._arriving:
+                admission._arriving = True
+                self._arriving += 1
+
+    def _submit(self, admission: Admission[P, R], payload: P) -> Job[P, R]:
+        loop = asyncio.get_running_loop()
+        job: Job[P, R] = Job(payload, loop.create_future(), loop)
+        with self._condition:
+            if not admission._held:
+                raise RuntimeError("this admission was used already")
+            self._give_back(admission)
+            if self._stopping:
+                raise ShuttingDown()
+            self._queue.append(job)
+            self._publish_depth()
+            self._condition.notify_all()
+        return job
+
+    def _release(self, admission: Admission[P, R]) -> None:
+        with self._condition:
+            if admission._held:
+                self._give_back(admission)
+                self._publish_depth()
+                self._condition.notify_all()  # a forming batch need not wait for it any more
+
+    def _give_back(self, admission: Admission[P, R]) -> None:
+        admission._held = False
+        self._admitted -= 1
+        if admission._arriving:
+            self._arriving -= 1
+
+    def _publish_depth(self) -> None:
+        self.metrics.queue_depth.set(len(self._queue) + self._admitted)
 
     # Model thread ----------------------------------------------------------------------------------------
     def start(self, startup: Callable[[], RunBatch]) -> None:
@@ -128,11 +202,12 @@ class Batcher(Generic[P, R]):
     def stop(self, timeout_s: float = 10.0) -> None:
         with self._condition:
             self._stopping = True
-            pending = list(self._queue)
+            pending: list[Job[P, R] | _Work] = [*self._queue, *self._work]
             self._queue.clear()
+            self._work.clear()
             self._condition.notify_all()
-        for job in pending:
-            _resolve(job, unavailable("shutting_down", "the server is shutting down", _LOADING_RETRY_S))
+        for item in pending:
+            _resolve(item.future, item.loop, ShuttingDown())
         if self._thread is not None:
             self._thread.join(timeout_s)
         self.state = "stopped"
@@ -148,32 +223,43 @@ class Batcher(Generic[P, R]):
         self.state = "ready"
         logger.info("model ready")
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            task = self._next_task()
+            if task is None:
                 return
-            if batch:
-                self._run(run_batch, batch)
+            if isinstance(task, _Work):
+                self._run_work(task)
+            elif task:
+                self._run(run_batch, task)
 
-    def _next_batch(self) -> list[Job[P, R]] | None:
-        """Up to max_batch live jobs, once the batch is full, nothing more is arriving, or the oldest job
-        has waited max_wait_s."""
+    def _next_task(self) -> list[Job[P, R]] | _Work | None:
+        """The next batch (up to max_batch live jobs, once it is full, nothing more is arriving, or the
+        oldest job has waited max_wait_s) or the next piece of work; None when stopping."""
         with self._condition:
-            while not self._queue and not self._stopping:
-                self._condition.wait()
-            if self._stopping:
-                return None
-            deadline = self._queue[0].enqueued + self.max_wait_s
-            while len(self._queue) < self.max_batch and self._arriving and not self._stopping:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0 or not self._queue:
-                    break
-                self._condition.wait(remaining)
-            batch = []
-            while self._queue and len(batch) < self.max_batch:
-                job = self._queue.popleft()
-                if not job.future.cancelled():
-                    batch.append(job)
-            self.metrics.queue_depth.set(len(self._queue))
+            while not self._stopping:
+                while self._work and self._work[0].future.cancelled():
+                    self._work.popleft()
+                if self._work and (self._work_turn or not self._queue):
+                    self._work_turn = False
+                    return self._work.popleft()
+                if self._queue:
+                    wait_s = self._queue[0].enqueued + self.max_wait_s - time.perf_counter()
+                    if len(self._queue) >= self.max_batch or not self._arriving or wait_s <= 0:
+                        self._work_turn = True
+                        return self._pop_batch()
+                    if self._work:  # use the wait for company
+                        return self._work.popleft()
+                    self._condition.wait(wait_s)
+                else:
+                    self._condition.wait()
+            return None
+
+    def _pop_batch(self) -> list[Job[P, R]]:
+        batch = []
+        while self._queue and len(batch) < self.max_batch:
+            job = self._queue.popleft()
+            if not job.future.cancelled():
+                batch.append(job)
+        self._publish_depth()
         return batch
 
     def _run(self, run_batch: RunBatch, batch: list[Job[P, R]]) -> None:
@@ -187,24 +273,31 @@ class Batcher(Generic[P, R]):
             logger.exception("batch of %d failed", len(batch))
             results = [exc] * len(batch)
         for job, result in zip(batch, results, strict=True):
-            _resolve(job, result)
+            _resolve(job.future, job.loop, result)
         elapsed = time.perf_counter() - start
         previous = self._batch_seconds or elapsed
         self._batch_seconds = 0.8 * previous + 0.2 * elapsed
 
+    def _run_work(self, work: _Work) -> None:
+        try:
+            result: object = work.call()
+        except Exception as exc:
+            result = exc
+        _resolve(work.future, work.loop, result)
+
     def _retry_after_s(self) -> float:
-        batches_ahead = len(self._queue) / self.max_batch + 1
+        batches_ahead = (len(self._queue) + self._admitted) / self.max_batch + 1
         return batches_ahead * max(self._batch_seconds, 0.1)
 
 
-def _resolve(job: Job, result: object) -> None:
+def _resolve(future: asyncio.Future, loop: asyncio.AbstractEventLoop, result: object) -> None:
     def settle() -> None:
-        if job.future.done():  # cancelled meanwhile
+        if future.done():  # cancelled meanwhile
             return
         if isinstance(result, BaseException):
-            job.future.set_exception(result)
+            future.set_exception(result)
         else:
-            job.future.set_result(result)
+            future.set_result(result)
 
     with contextlib.suppress(RuntimeError):  # the event loop is already closed (shutdown)
-        job.loop.call_soon_threadsafe(settle)
+        loop.call_soon_threadsafe(settle)

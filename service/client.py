@@ -158,8 +158,15 @@ class LSMSegClient:
     def get_vocab(self, id_or_name: str) -> Vocab:
         return Vocab(**_json(self._http.get(f"/vocab/{id_or_name}")))
 
-    def list_vocabs(self) -> list[dict[str, Any]]:
-        return _json(self._http.get("/vocab"))["vocabularies"]
+    def list_vocabs(self, page_size: int = 1000) -> list[dict[str, Any]]:
+        """Every vocabulary (built-in ones first), following GET /vocab's pages."""
+        vocabularies: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = _json(self._http.get("/vocab", params={"offset": offset, "limit": page_size}))
+            vocabularies += page["vocabularies"]
+            offset = page["next_offset"]
+        return vocabularies
 
     def delete_vocab(self, id_or_name: str) -> None:
         _raise_for_error(self._http.delete(f"/vocab/{id_or_name}"))

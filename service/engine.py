@@ -1,5 +1,6 @@
-"""What the model thread does with a batch: text embeddings from the cache tiers, then one Segmenter call per
-distinct top-k (usually one), with every image carrying its own vocabulary."""
+"""What the model thread does: one Segmenter call per distinct top-k in a batch (usually one), every image
+with its own vocabulary's text embeddings, and the encoding of class prompts no cache tier had. The cache
+tiers themselves (memory, Redis) are read and written while requests are prepared, never on this thread."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import numpy as np
 import torch
 
 from model import LSMSeg, Segmentation
-from prompt_cache import EmbeddingStore
 from prompt_cache.modes import DEFAULT_PROMPT_MODE, class_encoder
 from service.backends import Backend
 
@@ -24,32 +24,29 @@ _WARM_UP_CLASSES = ("wall", "sky")
 @dataclass(frozen=True)
 class SegmentJob:
     image: np.ndarray  # H×W×3 uint8
-    vocab_id: str  # content id of the class list: equal ids share one text tensor within a batch
-    prompts: Sequence[Sequence[str]]  # C lists of P prompts
+    text: torch.Tensor  # C×P×D embeddings of the image's vocabulary
     top_k: int | None
 
 
 @dataclass(frozen=True)
 class SegmentOutput:
     segmentation: Segmentation
-    timings: dict[str, float]  # seconds of the whole batch: text, clip, sam, cfm, refine, postprocess
+    timings: dict[str, float]  # seconds of the whole batch: clip, sam, cfm, refine, postprocess
     batch_size: int
 
 
 class Engine:
     """Owns the model; used from the model thread only."""
 
-    def __init__(
-        self, model: LSMSeg, store: EmbeddingStore, backend: Backend, prompt_mode: str = DEFAULT_PROMPT_MODE
-    ) -> None:
+    def __init__(self, model: LSMSeg, backend: Backend, prompt_mode: str = DEFAULT_PROMPT_MODE) -> None:
         self.model = model
-        self.store = store
         self.backend = backend
         self.segmenter = backend.segmenter
         self._encode = class_encoder(prompt_mode, model.encode_text)  # ensemble: averages each class's list
 
     def encode_text(self, prompts: list[list[str]]) -> torch.Tensor:
-        return self._encode(prompts)
+        with torch.no_grad():
+            return self._encode(prompts)
 
     def warm_up(self) -> None:
         """One small batch through every stage, so the first real request does not pay for lazy set-up."""
@@ -63,18 +60,12 @@ class Engine:
 
     def run(self, jobs: Sequence[SegmentJob]) -> list[SegmentOutput | BaseException]:
         timings: dict[str, float] = {}
-        start = time.perf_counter()
-        texts: dict[str, torch.Tensor] = {}
-        for job in jobs:
-            if job.vocab_id not in texts:
-                texts[job.vocab_id] = self.store.get(job.prompts, self.encode_text)
-        timings["text"] = time.perf_counter() - start
         groups: dict[int | None, list[int]] = {}
         for index, job in enumerate(jobs):
             groups.setdefault(job.top_k, []).append(index)
         results: list[SegmentOutput | BaseException | None] = [None] * len(jobs)
         for top_k, indices in groups.items():
-            self._segment(jobs, indices, texts, top_k, timings, results)
+            self._segment(jobs, indices, top_k, timings, results)
         return [
             SegmentOutput(result, timings, len(jobs)) if isinstance(result, Segmentation) else result
             for result in results
@@ -84,13 +75,12 @@ class Engine:
         self,
         jobs: Sequence[SegmentJob],
         indices: list[int],
-        texts: dict[str, torch.Tensor],
         top_k: int | None,
         timings: dict[str, float],
         results: list,
     ) -> None:
         images = [jobs[index].image for index in indices]
-        text = [texts[jobs[index].vocab_id] for index in indices]
+        text = [jobs[index].text for index in indices]
         try:
             batch = self.segmenter.segment(images, text, k=top_k)
         except Exception as exc:
@@ -100,7 +90,7 @@ class Engine:
             # One bad sample must not fail its neighbours: retry one by one.
             logger.warning("batch of %d failed (%s); retrying one by one", len(indices), exc)
             for index in indices:
-                self._segment(jobs, [index], texts, top_k, timings, results)
+                self._segment(jobs, [index], top_k, timings, results)
             return
         for stage, seconds in batch.timings.items():
             timings[stage] = timings.get(stage, 0.0) + seconds

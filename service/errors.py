@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from prompt_cache import NameConflictError, NotFoundError, ValidationError
+from service.exceptions import BuiltinVocabulary, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
@@ -29,12 +31,14 @@ _STATUS_CODES = {
     503: "unavailable",
 }
 CLIENT_CLOSED_REQUEST = 499
+CLOSE_CONNECTION = {"Connection": "close"}  # for answers sent before the body was read to its end
 _MAX_DETAILS = 10
 _MAX_MESSAGE_CHARS = 300
 
 
-class ApiError(Exception):
-    """An error answer; raise it anywhere below a route and the handler below writes the JSON body."""
+class ApiError(StarletteHTTPException):
+    """An error answer; raise it anywhere below a route and the handler below writes the JSON body.
+    (An HTTPException, so that FastAPI passes it on unchanged when it is raised while a body is read.)"""
 
     def __init__(
         self,
@@ -45,23 +49,29 @@ class ApiError(Exception):
         headers: Mapping[str, str] | None = None,
         details: Sequence[dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message, dict(headers or {}))
         self.status = status
         self.code = code
         self.message = message
-        self.headers = dict(headers or {})
         self.details = list(details) if details else None
 
 
 class RequestTooLarge(ApiError):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "request_too_large", f"the request body is larger than {limit} bytes")
+        message = f"the request body is larger than {limit} bytes"
+        super().__init__(413, "request_too_large", message, headers=CLOSE_CONNECTION)
 
 
-def unavailable(code: str, message: str, retry_after_s: float) -> ApiError:
-    """503 with a Retry-After header (whole seconds, at least one)."""
-    seconds = max(1, int(retry_after_s + 0.999))
-    return ApiError(503, code, message, headers={"Retry-After": str(seconds)})
+class BodyTimeout(ApiError):
+    def __init__(self, limit_s: float) -> None:
+        # The rest of the body may still come: the connection cannot carry another request.
+        message = f"the request body did not arrive within {limit_s:g} s"
+        super().__init__(408, "body_timeout", message, headers=CLOSE_CONNECTION)
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The Retry-After header: whole seconds, at least one."""
+    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
 
 
 def error_response(
@@ -79,6 +89,8 @@ def error_response(
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(Unavailable, _unavailable)
+    app.add_exception_handler(BuiltinVocabulary, _builtin_vocabulary)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValidationError, _prompt_cache_error)
@@ -93,15 +105,30 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message, exc.headers, exc.details)
 
 
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unavailable)
+    # An admission refusal comes before the body is read; uvicorn then discards the body as it arrives and
+    # keeps the connection for the client's next try (cheaper than a new one), or closes it after its
+    # keep-alive timeout when no body comes.
+    return error_response(503, exc.code, exc.message, retry_after(exc.retry_after_s))
+
+
+async def _builtin_vocabulary(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, "builtin_vocab", _clip(str(exc)))
+
+
 async def _prompt_cache_error(request: Request, exc: Exception) -> JSONResponse:
+    message = _clip(str(exc))
     if isinstance(exc, NameConflictError):
-        return error_response(409, "name_conflict", str(exc)[:_MAX_MESSAGE_CHARS])
-    message = str(exc)
-    if len(message) > _MAX_MESSAGE_CHARS:  # messages may quote the client's input
-        message = message[:_MAX_MESSAGE_CHARS] + "…"
+        return error_response(409, "name_conflict", message)
     if isinstance(exc, NotFoundError):
         return error_response(404, "vocab_not_found", message)
     return error_response(422, "validation_error", message)
+
+
+def _clip(message: str) -> str:
+    """Messages may quote the client's input: never send back more than a few hundred characters."""
+    return message if len(message) <= _MAX_MESSAGE_CHARS else message[:_MAX_MESSAGE_CHARS] + "…"
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -123,6 +150,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):  # FastAPI reading a JSON body
+        return error_response(400, "invalid_json", "the request body nests JSON too deeply")
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     if exc.status_code == 404 and message == "Not Found":

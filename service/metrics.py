@@ -62,7 +62,7 @@ class Metrics:
         )
         self.rejected = Counter(
             "lsmseg_rejected_requests",
-            "Requests answered 503 by the batcher, by reason (queue_full, not_ready, timeout)",
+            "Requests answered 503, by reason (queue_full, not_ready, timeout, text_backlog)",
             ["reason"],
             registry=self.registry,
         )

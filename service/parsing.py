@@ -37,11 +37,7 @@ def media_type_of(header: str | None) -> str:
 
 
 async def _read_json(request: Request) -> tuple[bytes, SegmentOptions]:
-    body = await request.body()
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from exc
+    payload = parse_json(await request.body(), "the request body")
     parsed = _validate(SegmentJsonRequest, payload)
     options = SegmentOptions.model_validate(parsed.model_dump(exclude={"image"}))
     return decode_base64_image(parsed.image), options
@@ -78,12 +74,23 @@ async def _read_multipart(request: Request) -> tuple[bytes, SegmentOptions]:
     return data, options
 
 
+def parse_json(data: bytes | str, what: str) -> Any:
+    """json.loads, with 400 invalid_json for text that is not JSON or nests too deeply for Python's parser."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", f"{what} nests JSON too deeply") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", f"{what} is not valid JSON") from None
+
+
 def _json_list(text: str) -> object:
     try:
-        value = json.loads(text)
+        return json.loads(text)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "`classes` nests JSON too deeply") from None
     except ValueError:
         raise _field_error("classes", 'must be a JSON array of names, e.g. ["cat", "grass"]') from None
-    return value
 
 
 def _validate(model: type[SegmentOptions], data: object) -> Any:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OutputFormat = Literal["label_png", "rle", "both"]
+MAX_CLASSES = 4096  # the largest LSMSEG_MAX_CLASSES; a worker's own limit may be lower (422)
+
+
+def _classes_or_vocab(schema: dict[str, Any]) -> None:
+    """In the JSON schema: `classes` and `vocab_id` are not nullable there, and exactly one is required."""
+    properties = schema["properties"]
+    for field in ("classes", "vocab_id"):
+        options = properties[field].pop("anyOf")
+        properties[field].update(next(option for option in options if option.get("type") != "null"))
+    schema["oneOf"] = [{"required": ["classes"]}, {"required": ["vocab_id"]}]
 
 
 # Errors -----------------------------------------------------------------------------------------------------
@@ -33,8 +43,10 @@ class VocabCreate(BaseModel):
         None, description="unique name (letters, digits, '.', '_', '-'); usable instead of the id",
         examples=["kitchen"],
     )
-    classes: list[str] = Field(description="class names; label value i = classes[i]",
-                               examples=[["wall", "floor", "table"]])
+    classes: list[str] = Field(
+        description="class names; label value i = classes[i]", min_length=1, max_length=MAX_CLASSES,
+        examples=[["wall", "floor", "table"]],
+    )
     descriptions: dict[str, list[str]] | None = Field(
         None, description="your own prompt sentences per class (else: bank, LLM, then templates)"
     )
@@ -67,16 +79,20 @@ class VocabSummary(BaseModel):
 
 class VocabList(BaseModel):
     vocabularies: list[VocabSummary]
+    total: int = Field(description="built-in and registered vocabularies in all")
+    next_offset: int | None = Field(description="`offset` of the next page; null on the last one")
 
 
 # Segmentation -----------------------------------------------------------------------------------------------
 class SegmentOptions(BaseModel):
     """What /segment takes besides the image, in both the JSON and the multipart form."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_classes_or_vocab)
 
-    classes: list[str] | None = Field(None, description="class names (give these or vocab_id)")
-    vocab_id: str | None = Field(None, description="id or name of a registered vocabulary")
+    classes: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_CLASSES, description="class names (give these or vocab_id)"
+    )
+    vocab_id: str | None = Field(None, description="id or name of a registered or built-in vocabulary")
     output: OutputFormat = Field("label_png", description="label_png, rle (COCO RLE per class) or both")
     top_k: int | None = Field(
         None, ge=1, le=4096, description="classes the CFM keeps per image (default: the model's)"
@@ -97,9 +113,13 @@ class SegmentJsonRequest(SegmentOptions):
 class SegmentForm(BaseModel):
     """multipart/form-data fields of POST /segment (documentation of the form; parsed by hand)."""
 
+    model_config = ConfigDict(json_schema_extra=_classes_or_vocab)
+
     image: bytes = Field(json_schema_extra={"format": "binary"}, description="PNG, JPEG or WebP file")
-    classes: str | None = Field(None, description='JSON array of class names, e.g. ["cat", "grass"]')
-    vocab_id: str | None = None
+    classes: str | None = Field(
+        None, description='JSON array of class names, e.g. ["cat", "grass"] (give this or vocab_id)'
+    )
+    vocab_id: str | None = Field(None, description="id or name of a registered or built-in vocabulary")
     output: OutputFormat = "label_png"
     top_k: int | None = Field(None, ge=1, le=4096)
     overlay: bool = False
@@ -143,7 +163,7 @@ class SegmentResponse(BaseModel):
 class ModelStatus(BaseModel):
     name: str
     source: str = Field(description="checkpoint | preset | random-fallback")
-    path: str | None
+    path: str | None = Field(description="file name of the checkpoint (not where it is kept)")
     random_weights: bool
     device: str
     image_size: int

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The embedded default model, produced by training/ on the synthetic set.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "demo.safetensors"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class Settings(BaseSettings):
@@ -64,6 +65,15 @@ class Settings(BaseSettings):
     embedding_ttl_s: int | None = Field(
         None, ge=1, description="expiry of text embeddings in Redis (pair with maxmemory-policy volatile-lru)"
     )
+    vocab_memory_items: int = Field(
+        1024, ge=1, description="vocabularies each worker keeps in memory (all of them without Redis)"
+    )
+    text_chunk_classes: int = Field(
+        8, ge=1, description="new class names encoded per step of the model thread, between image batches"
+    )
+    text_backlog_classes: int = Field(
+        1024, ge=1, description="new class names waiting to be encoded, all requests together (beyond: 503)"
+    )
     llm_url: str | None = Field(None, description="OpenAI-compatible endpoint that describes unknown classes")
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
@@ -77,6 +87,13 @@ class Settings(BaseSettings):
     # Request limits ----------------------------------------------------------------------------------------
     max_request_bytes: int = Field(20 * 2**20, ge=1024, description="request body size limit (413)")
     max_image_pixels: int = Field(40_000_000, ge=1, description="width × height limit (413)")
+    # 2× the edge refinement's side (256) and above every preset's input (96-384 px; keep it above a sliding
+    # window's resized side too): detail beyond it is only interpolation, at 4× the cost per doubling.
+    max_segment_side: int = Field(
+        512, ge=64, description="larger images are decoded to this many pixels a side and segmented so; "
+        "label maps come back at the full size"
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="longest time to receive a request body (408)")
     max_classes: int = Field(1024, ge=1, le=4096, description="classes per request or vocabulary (422)")
     # At most prompt_cache's own limit (200), which the prompt builder applies on its own.
     max_class_name_length: int = Field(200, ge=1, le=200, description="characters per class name (422)")
@@ -84,9 +101,25 @@ class Settings(BaseSettings):
 
     # Server ------------------------------------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="when set, requests need `Authorization: Bearer KEY`")
+    allowed_hosts: list[str] | None = Field(
+        None, description='Host header names served, e.g. ["api.example.com"] ("*" = any); default: the '
+        "loopback names when bound to a loopback address (against DNS rebinding), else any"
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="request line and headers together (larger: 400 from uvicorn)"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    def served_hosts(self) -> list[str] | None:
+        """Host names requests may name (None: any). A loopback-bound worker answers only loopback names,
+        so a web page cannot reach it through a DNS name it rebinds to 127.0.0.1."""
+        if self.allowed_hosts is not None:
+            return None if "*" in self.allowed_hosts else [host.lower() for host in self.allowed_hosts]
+        if self.host in _LOOPBACK_HOSTS:
+            return list(_LOOPBACK_HOSTS)
+        return None
 
     @model_validator(mode="after")
     def _one_model_source(self) -> Settings:

@@ -10,6 +10,7 @@ from fastapi import Request
 from prompt_cache import Bank, EmbeddingStore, LLMClient, PromptBuilder, RedisLink, VocabRegistry
 from service.backends import build_backend
 from service.batcher import Batcher
+from service.encoding import TextEncoder
 from service.engine import Engine, SegmentJob, SegmentOutput
 from service.errors import ApiError
 from service.loader import ModelInfo, ModelPlan, load_model
@@ -29,8 +30,10 @@ class ServiceState:
     link: RedisLink = field(init=False)
     vocabularies: Vocabularies = field(init=False)
     batcher: Batcher[SegmentJob, SegmentOutput] = field(init=False)
+    text_encoder: TextEncoder = field(init=False)
     model_info: ModelInfo | None = None
     engine: Engine | None = None
+    store: EmbeddingStore | None = None  # text embeddings; set with the engine once the model is known
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -42,12 +45,16 @@ class ServiceState:
             self.bank.prompt_version,
             max_classes=settings.max_classes,
             max_class_chars=settings.max_class_name_length,
+            local_items=settings.vocab_memory_items,
         )
         self.vocabularies = Vocabularies(
             registry, self.bank, settings.max_classes, settings.max_class_name_length
         )
         self.batcher = Batcher(
             settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size, self.metrics
+        )
+        self.text_encoder = TextEncoder(
+            self.batcher, self.metrics, settings.text_chunk_classes, settings.text_backlog_classes
         )
 
     def start(self) -> None:
@@ -89,10 +96,11 @@ class ServiceState:
         )
         backend = build_backend(model, self.plan, settings, info.device)
         info = replace(info, providers=backend.providers)
-        engine = Engine(model, store, backend, info.prompt_mode)
+        engine = Engine(model, backend, info.prompt_mode)
         engine.warm_up()
         builder.build(["wall"])  # loads the tokenizer now rather than in the first request
         self.vocabularies.builder = builder
+        self.store = store
         self.engine = engine
         self.model_info = info
         self.metrics.model_info.labels(

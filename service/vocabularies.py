@@ -1,7 +1,8 @@
 """Class lists of requests -> validated names, a content id and P prompts per class (memoised per id).
 
 Besides what users register, the prompt bank's benchmark vocabularies (ade150, ade847, coco171, pc59, pc459,
-voc20) are built in: usable by name, listed, never stored in Redis and never deleted.
+voc20) are built in: usable by name, listed first, never stored in Redis; their names are reserved and they
+cannot be deleted (BuiltinVocabulary).
 
 Blocking (Redis, and an LLM when one is configured): call from a worker thread, not the event loop.
 """
@@ -10,20 +11,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from prompt_cache import (
-    Bank,
-    NotFoundError,
-    PromptBuilder,
-    PromptSet,
-    VocabRegistry,
-    Vocabulary,
-    validate_classes,
-    vocab_id_for,
-)
-from service.errors import ApiError, unavailable
+from prompt_cache import Bank, PromptBuilder, PromptSet, VocabRegistry, Vocabulary, vocab_id_for
+from prompt_cache.names import ClassList, validate_class_list
+from service.exceptions import BuiltinVocabulary, NotReady
 
 _PROMPT_SETS_KEPT = 256  # vocabularies whose prompts stay built (an 847-class set takes ~0.3 s to build)
 
@@ -39,6 +32,7 @@ class ResolvedVocab:
 class Vocabularies:
     def __init__(self, registry: VocabRegistry, bank: Bank, max_classes: int, max_class_chars: int) -> None:
         self.registry = registry
+        self.bank = bank
         self.builtins = {
             name: Vocabulary(vocab_id_for(classes), name, tuple(classes), bank.prompt_version, created=0.0)
             for name in bank.vocabulary_names()
@@ -50,62 +44,65 @@ class Vocabularies:
         self._prompt_sets: OrderedDict[str, PromptSet] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
-    def inline(self, classes: Sequence[str]) -> ResolvedVocab:
-        """A class list sent with the request; its id is the one POST /vocab would give it."""
-        names = validate_classes(classes, self.max_classes, self.max_class_chars)
-        vocab_id = vocab_id_for(names)
-        return ResolvedVocab(vocab_id, None, names, self.prompts(vocab_id, names, None))
+    def inline(
+        self, classes: Sequence[str], before_building: Callable[[list[str]], None] | None = None
+    ) -> ResolvedVocab:
+        """A class list sent with the request; its id is the one POST /vocab would give it.
+        `before_building(names the bank lacks)` runs before prompts are built for a list not seen lately
+        (it may refuse: building ~1000 new names' prompts takes a worker thread ~0.2 s)."""
+        checked = validate_class_list(classes, None, self.max_classes, self.max_class_chars)
+        vocab_id = vocab_id_for(checked.names)
+        if before_building is not None and vocab_id not in self._prompt_sets:
+            before_building([name for name in checked.names if name not in self.bank])
+        return ResolvedVocab(vocab_id, None, list(checked.names), self.prompts(vocab_id, checked))
 
     def registered(self, id_or_name: str) -> ResolvedVocab:
         vocab, prompts = self.describe(id_or_name)
         return ResolvedVocab(vocab.vocab_id, vocab.name, list(vocab.classes), prompts)
 
     def describe(self, id_or_name: str) -> tuple[Vocabulary, PromptSet]:
-        """A registered or built-in vocabulary and its prompts; NotFoundError (404) when unknown."""
-        try:
-            vocab = self.registry.get(id_or_name)
-        except NotFoundError:
-            vocab = self.builtins.get(id_or_name.strip())
-            if vocab is None:
-                raise
-        return vocab, self.prompts(vocab.vocab_id, list(vocab.classes), vocab.descriptions)
+        """A built-in or registered vocabulary and its prompts; NotFoundError (404) when unknown."""
+        vocab = self.builtins.get(id_or_name.strip()) or self.registry.get(id_or_name)
+        trusted = ClassList(vocab.classes, vocab.descriptions)  # validated when it was registered
+        return vocab, self.prompts(vocab.vocab_id, trusted)
 
-    def all(self) -> list[Vocabulary]:
-        """Built-in vocabularies (unless a registered one took the name), then registered ones by age."""
-        registered = self.registry.list()
-        taken = {vocab.name for vocab in registered}
-        return [vocab for name, vocab in self.builtins.items() if name not in taken] + registered
+    def page(self, offset: int, limit: int) -> tuple[list[Vocabulary], int]:
+        """Built-in vocabularies, then registered ones by age: `limit` from `offset`, and the total."""
+        builtins = list(self.builtins.values())
+        shown = builtins[offset : offset + limit]
+        registered_offset = max(0, offset - len(builtins))
+        registered, count = self.registry.page(registered_offset, limit - len(shown))
+        return shown + registered, len(builtins) + count
 
     def delete(self, id_or_name: str) -> Vocabulary:
-        try:
-            return self.registry.delete(id_or_name)
-        except NotFoundError:
-            if id_or_name.strip() in self.builtins:
-                message = f"{id_or_name!r} is built in and cannot be deleted"
-                raise ApiError(409, "builtin_vocab", message) from None
-            raise
+        self._refuse_builtin(id_or_name, "is built in and cannot be deleted")
+        return self.registry.delete(id_or_name)
 
     def register(
         self, classes: Sequence[str], name: str | None, descriptions: Mapping[str, Sequence[str]] | None
     ) -> tuple[Vocabulary, PromptSet]:
+        if name is not None:
+            self._refuse_builtin(name, "is the name of a built-in vocabulary; choose another name")
+        checked = validate_class_list(classes, descriptions, self.max_classes, self.max_class_chars)
         # Prompts first: a class list the builder rejects is never stored.
-        names = validate_classes(classes, self.max_classes, self.max_class_chars)
-        built = self._builder().build(names, descriptions)
-        vocab = self.registry.register(names, name, descriptions)
+        built = self._builder().build(checked)
+        vocab = self.registry.register(checked, name)
         self._remember(vocab.vocab_id, built)
         return vocab, built
 
-    def prompts(
-        self, vocab_id: str, classes: list[str], descriptions: Mapping[str, Sequence[str]] | None
-    ) -> PromptSet:
+    def prompts(self, vocab_id: str, classes: ClassList) -> PromptSet:
         with self._lock:
             cached = self._prompt_sets.get(vocab_id)
             if cached is not None:
                 self._prompt_sets.move_to_end(vocab_id)
                 return cached
-        built = self._builder().build(classes, descriptions)
+        built = self._builder().build(classes)
         self._remember(vocab_id, built)
         return built
+
+    def _refuse_builtin(self, name: str, why: str) -> None:
+        if name.strip() in self.builtins:
+            raise BuiltinVocabulary(f"{name.strip()!r} {why}")
 
     def _remember(self, vocab_id: str, built: PromptSet) -> None:
         if built.llm_failures:  # classes the LLM failed on get another chance next time
@@ -117,5 +114,5 @@ class Vocabularies:
 
     def _builder(self) -> PromptBuilder:
         if self.builder is None:
-            raise unavailable("not_ready", "the model is still loading; retry shortly", 5.0)
+            raise NotReady()
         return self.builder

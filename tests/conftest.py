@@ -78,14 +78,19 @@ def _shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     server.stop()
 
 
-@pytest.fixture
-def redis_url(_shared_redis: tuple[str, int]) -> str:
-    """URL of a real Redis database that is empty at the start of the test."""
-    host, port = _shared_redis
+def empty_test_db(shared_redis: tuple[str, int]) -> str:
+    """Flush the tests' database of the shared Redis and return its URL."""
+    host, port = shared_redis
     client = redis.Redis(host=host, port=port, db=TEST_DB)
     client.flushdb()
     client.close()
     return f"redis://{host}:{port}/{TEST_DB}"
+
+
+@pytest.fixture
+def redis_url(_shared_redis: tuple[str, int]) -> str:
+    """URL of a real Redis database that is empty at the start of the test."""
+    return empty_test_db(_shared_redis)
 
 
 @pytest.fixture

@@ -167,3 +167,46 @@ def test_of_two_processes_registering_at_once_the_first_record_wins(redis_url: s
     second_view = second._store(dataclasses.replace(original, created=original.created + 5), new=True)
     assert second_view == original
     assert VocabRegistry(redis_url).get(original.vocab_id).created == original.created
+
+
+def test_the_memory_tier_is_bounded_and_redis_still_has_everything(redis_url: str) -> None:
+    registry = VocabRegistry(redis_url, local_items=3)
+    registered = [registry.register([f"bounded {index}"], name=f"b{index}") for index in range(10)]
+    assert len(registry._local) == 3 and len(registry._local_names) == 3  # the three most recent
+    assert [registry.get(f"b{index}") for index in range(10)] == registered
+
+
+def test_pages_come_from_the_index_oldest_first(redis_url: str) -> None:
+    registry = VocabRegistry(redis_url)
+    registered = [registry.register([f"paged {index}"]) for index in range(7)]
+    first, total = registry.page(0, 3)
+    second, _ = registry.page(3, 3)
+    last, _ = registry.page(6, 3)
+    assert total == 7 and first + second + last == registered == registry.list()
+    registry.delete(registered[0].vocab_id)
+    assert registry.page(0, 2) == (registered[1:3], 6)
+
+
+def test_an_emptied_redis_gets_the_held_vocabularies_back(private_redis) -> None:
+    registry = VocabRegistry(private_redis.url)
+    kept = registry.register(["sun", "moon"], name="sky")
+    private_redis.stop()
+    private_redis.start()  # no persistence: it comes back empty
+    assert registry.get("sky") == kept  # this lookup found no epoch token, so it wrote back what it held
+    fresh = VocabRegistry(private_redis.url)
+    assert fresh.get("sky") == kept and fresh.list() == [kept]
+
+
+def test_records_from_before_the_index_are_indexed_once(redis_url: str) -> None:
+    vocab = VocabRegistry(redis_url).register(["old", "record"])
+    client = redis.Redis.from_url(redis_url)
+    client.delete("lsmseg:v1:vocabindex", "lsmseg:v1:vocabepoch")  # as a Redis written by an older version
+    client.close()
+    assert VocabRegistry(redis_url).list() == [vocab]
+
+
+def test_references_that_cannot_be_ids_or_names_are_unknown_without_redis(redis_url: str) -> None:
+    registry = VocabRegistry(redis_url)
+    for ref in ("\ud800", "a b", "x" * 65, "", "é"):
+        with pytest.raises(NotFoundError):
+            registry.get(ref)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 
 import numpy as np
@@ -16,11 +17,12 @@ from service.backends import build_backend
 from service.batcher import Batcher
 from service.client import read_label_png
 from service.errors import ApiError
+from service.exceptions import ModelFailed, QueueFull
 from service.images import decode_base64_image, decode_image
 from service.loader import FALLBACK_PRESET, ModelPlan, load_model, plan_model
-from service.masks import class_rle, label_png, overlay_png, palette
+from service.masks import class_rle, label_png, overlay_png, palette, scale_labels, scaled_areas
 from service.metrics import Metrics
-from service.routes import _prefers_png
+from service.routes.segment import _prefers_png
 from service.settings import DEFAULT_CHECKPOINT, Settings
 
 
@@ -44,6 +46,31 @@ def test_rle_is_pycocotools_column_major_encoding():
     # Same string as pycocotools' own encoding of the column-major (Fortran-ordered) mask.
     reference = coco_mask.encode(np.asfortranarray((label_map == 1).astype(np.uint8)))
     assert rle["counts"] == reference["counts"].decode()
+
+
+@pytest.mark.parametrize(
+    ("small", "full"), [((7, 5), (13, 29)), ((512, 384), (6000, 4500)), ((3, 100), (7, 1000))]
+)
+def test_labels_scale_up_by_pixel_centre_and_areas_are_counted_on_the_small_map(small, full):
+    label_map = np.random.default_rng(0).integers(0, 9, size=small).astype(np.uint8)
+    scaled = scale_labels(label_map, *full)
+    rows = ((np.arange(full[0]) + 0.5) * small[0] / full[0]).astype(int)
+    columns = ((np.arange(full[1]) + 0.5) * small[1] / full[1]).astype(int)
+    np.testing.assert_array_equal(scaled, label_map[rows[:, None], columns[None, :]])
+    np.testing.assert_array_equal(scaled_areas(label_map, *full, 9), np.bincount(scaled.ravel(), minlength=9))
+
+
+def test_decoding_a_large_image_reduces_it_and_keeps_its_displayed_size():
+    rotated = Image.new("RGB", (3000, 1000), (200, 10, 10))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    for data in (_encode(rotated, "JPEG", exif=exif.tobytes()), _encode(Image.new("P", (3000, 1000)), "PNG")):
+        decoded = decode_image(data, max_pixels=10_000_000, max_side=600)
+        assert max(decoded.rgb.shape[:2]) == 600 and decoded.reduced
+    assert (decoded.width, decoded.height) == (3000, 1000)  # the PNG
+    jpeg = decode_image(_encode(rotated, "JPEG", exif=exif.tobytes()), max_pixels=10_000_000, max_side=600)
+    assert (jpeg.width, jpeg.height) == (1000, 3000) and jpeg.rgb.shape == (600, 200, 3)
+    assert not decode_image(_encode(rotated, "PNG"), max_pixels=10_000_000, max_side=3000).reduced
 
 
 def test_palette_is_fixed_and_overlay_keeps_the_size():
@@ -152,15 +179,16 @@ def test_without_the_demo_checkpoint_a_random_tiny_model_is_served_with_a_loud_w
 
 
 # Batcher ----------------------------------------------------------------------------------------------------
-def _started_batcher(**options: object) -> tuple[Batcher, list[list[int]]]:
+def _started_batcher(run=None, **options: object) -> tuple[Batcher, list[list[int]]]:
+    """A ready batcher whose batches multiply by 10 and are recorded (or are run by `run`)."""
     seen: list[list[int]] = []
 
-    def startup():
-        def run(payloads):
-            seen.append(list(payloads))
-            return [payload * 10 for payload in payloads]
+    def times_ten(payloads):
+        seen.append(list(payloads))
+        return [payload * 10 for payload in payloads]
 
-        return run
+    def startup():
+        return run or times_ten
 
     batcher = Batcher(metrics=Metrics(), **options)  # type: ignore[arg-type]
     batcher.start(startup)
@@ -175,11 +203,10 @@ def test_batcher_fills_batches_refuses_overflow_and_skips_cancelled_jobs():
     batcher, seen = _started_batcher(max_batch=3, max_wait_s=0.3, queue_size=3)
 
     async def scenario() -> list[int]:
-        jobs = [batcher.submit(index) for index in range(3)]
-        with pytest.raises(ApiError) as full:
-            batcher.submit(99)
-        assert full.value.status == 503 and full.value.code == "queue_full"
-        assert int(full.value.headers["Retry-After"]) >= 1
+        jobs = [batcher.admit().submit(index) for index in range(3)]
+        with pytest.raises(QueueFull) as full:
+            batcher.admit()
+        assert full.value.retry_after_s > 0 and "3 requests waiting" in full.value.message
         batcher.cancel(jobs[1])
         return [await jobs[0].future, await jobs[2].future]
 
@@ -195,7 +222,7 @@ def test_a_lone_request_does_not_wait_for_company():
 
     async def scenario() -> float:
         started = time.perf_counter()
-        await batcher.submit(1).future
+        await batcher.admit().submit(1).future
         return time.perf_counter() - started
 
     try:
@@ -209,15 +236,74 @@ def test_a_forming_batch_waits_for_requests_still_arriving():
     batcher, seen = _started_batcher(max_batch=8, max_wait_s=5.0, queue_size=8)
 
     async def scenario() -> list[int]:
-        with batcher.arriving():  # a second request is still being decoded
-            first = batcher.submit(1)
+        with batcher.admit() as place:
+            place.arriving()  # a second request is decoded and about to be submitted
+            first = batcher.admit().submit(1)
             await asyncio.sleep(0.2)
-            second = batcher.submit(2)
+            second = place.submit(2)
         return [await first.future, await second.future]
 
     try:
         assert asyncio.run(scenario()) == [10, 20]
         assert seen == [[1, 2]]
+    finally:
+        batcher.stop()
+
+
+def test_an_admitted_request_still_being_read_delays_no_batch():
+    batcher, _ = _started_batcher(max_batch=8, max_wait_s=5.0, queue_size=8)
+
+    async def scenario() -> tuple[float, int]:
+        with batcher.admit():  # its body is still on the way: not decoded, so not arriving
+            started = time.perf_counter()
+            result = await batcher.admit().submit(1).future
+            return time.perf_counter() - started, result
+
+    try:
+        seconds, result = asyncio.run(scenario())
+        assert result == 10 and seconds < 1.0
+        assert batcher.depth == 0  # the place was given back on leaving the block
+    finally:
+        batcher.stop()
+
+
+def test_admitted_requests_count_against_the_queue_until_they_leave():
+    batcher, _ = _started_batcher(max_batch=8, max_wait_s=0.0, queue_size=2)
+
+    async def scenario() -> None:
+        with batcher.admit(), batcher.admit(), pytest.raises(QueueFull):
+            batcher.admit()
+        batcher.admit().submit(1)  # both places were given back
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.stop()
+
+
+def test_work_between_batches_alternates_with_batches():
+    order: list[str] = []
+
+    def record(payloads):
+        order.append(f"batch {payloads[0]}")
+        return payloads
+
+    batcher, _ = _started_batcher(max_batch=1, max_wait_s=0.0, queue_size=8, run=record)
+
+    async def scenario() -> None:
+        gate = threading.Event()
+        blocker = batcher.between_batches(gate.wait)  # holds the model thread until everything is queued
+        await asyncio.sleep(0.1)
+        jobs = [batcher.admit().submit(index) for index in range(3)]
+        chunks = [
+            batcher.between_batches(lambda index=index: order.append(f"chunk {index}")) for index in range(3)
+        ]
+        gate.set()
+        await asyncio.gather(blocker, *(job.future for job in jobs), *chunks)
+
+    try:
+        asyncio.run(scenario())
+        assert order == ["batch 0", "chunk 0", "batch 1", "chunk 1", "batch 2", "chunk 2"]
     finally:
         batcher.stop()
 
@@ -234,9 +320,6 @@ def test_batcher_reports_start_up_failure():
         time.sleep(0.01)
     assert batcher.state == "failed" and "weights.pth" in (batcher.error or "")
 
-    async def submit() -> None:
-        batcher.submit(1)
-
-    with pytest.raises(ApiError) as error:
-        asyncio.run(submit())
-    assert error.value.status == 503 and error.value.code == "model_failed"
+    with pytest.raises(ModelFailed) as error:
+        batcher.admit()
+    assert "weights.pth" in error.value.message
