@@ -346,6 +346,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+CATSEG_DOMAIN = "real photos (CAT-Seg, trained on COCO-Stuff's 171 classes; open-vocabulary)"
+
+
 def write_catseg_checkpoint(
     source: str | Path, output: str | Path, variant: str | LSMSegConfig | None = None
 ) -> Path:
@@ -353,7 +356,7 @@ def write_catseg_checkpoint(
     source = Path(source)
     model = import_catseg(source, variant)
     extra = {"imported_from": "CAT-Seg", "source_file": source.name, "source_sha256": _sha256(source)}
-    return save_checkpoint(model, output, extra=extra, prompt_mode="catseg")
+    return save_checkpoint(model, output, extra=extra, prompt_mode="catseg", domain=CATSEG_DOMAIN)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -24,11 +24,13 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     include_sam: bool | None = None,
     prompt_mode: str | None = None,
+    domain: str | None = None,
 ) -> Path:
     """Write the model's weights and config. Frozen SAM weights are left out by default when they are an
     official segment-anything file (the loader takes that file instead); `extra` goes into the metadata, and
     `prompt_mode` records how the model's class prompts were made (a prompt_cache.modes name, which is
-    where it is checked when the checkpoint is used)."""
+    where it is checked when the checkpoint is used), `domain` in a few words what images the model knows
+    (the service shows it, so nobody sends real photos to a model of synthetic shapes unawares)."""
     if include_sam is None:
         include_sam = model.config.sam is None or model.config.sam.checkpoint_file is None
     state = {
@@ -43,6 +45,7 @@ def save_checkpoint(
         "includes_sam": json.dumps(include_sam and model.sam is not None),
         "prompt_version": str(extra.pop("prompt_version", "")),
         "prompt_mode": prompt_mode or "",
+        "domain": domain or "",
         "extra": json.dumps(extra, sort_keys=True),
     }
     path = Path(path)
@@ -53,7 +56,7 @@ def save_checkpoint(
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The checkpoint's metadata, decoded: config (LSMSegConfig), includes_sam, prompt_version, prompt_mode
-    (None where the checkpoint does not say), extra."""
+    and domain (None where the checkpoint does not say), extra."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -68,6 +71,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         "includes_sam": json.loads(raw["includes_sam"]),
         "prompt_version": raw["prompt_version"],
         "prompt_mode": raw.get("prompt_mode") or None,
+        "domain": raw.get("domain") or None,
         "extra": json.loads(raw["extra"]),
     }
 

@@ -150,6 +150,7 @@ def test_checkpoint_round_trip_keeps_logits_and_records_the_prompt_mode(
     assert metadata["extra"]["imported_from"] == "CAT-Seg"
     assert metadata["extra"]["source_file"] == "model_tiny.pth"
     assert len(metadata["extra"]["source_sha256"]) == 64
+    assert metadata["domain"].startswith("real photos")
     imported = import_catseg(catseg_file, tiny_variant())
     loaded = load_checkpoint(path)
     assert loaded.config == imported.config

@@ -149,3 +149,9 @@ def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(2)}, str(path), metadata={"format": json.dumps("something")})
     with pytest.raises(ValueError, match="not an LSMSeg checkpoint"):
         load_checkpoint(path)
+
+
+def test_domain_round_trips_and_is_none_when_unsaid(tiny_model: LSMSeg, tmp_path: Path) -> None:
+    said = save_checkpoint(tiny_model, tmp_path / "said.safetensors", domain="street photos of Oslo")
+    assert read_metadata(said)["domain"] == "street photos of Oslo"
+    assert read_metadata(save_checkpoint(tiny_model, tmp_path / "unsaid.safetensors"))["domain"] is None

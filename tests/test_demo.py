@@ -11,7 +11,14 @@ import torch
 
 import training.probe
 from model import build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
-from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
+from training.datasets.synthetic import (
+    MATERIALS,
+    NATURAL_STUFF,
+    SEEN_CLASSES,
+    SHAPES,
+    SURFACES,
+    SyntheticScenes,
+)
 from training.demo import (
     EVALUATIONS,
     DemoConfig,
@@ -20,6 +27,7 @@ from training.demo import (
     reused_backbones,
     run,
 )
+from training.demo.pipeline import DEMO_DOMAIN
 from training.pretrain import (
     ClipPretrainConfig,
     ClipPretrainer,
@@ -69,6 +77,12 @@ def test_demo_checkpoint_is_small_and_has_the_demo_config() -> None:
     # Trained on the 48 seen classes with their attribute descriptions (PromptBuilder's "user" source).
     assert metadata["extra"]["classes"] == len(SEEN_CLASSES)
     assert metadata["extra"]["prompt_sources"]["user"] == len(SEEN_CLASSES)
+    # The service shows what the model knows; it must say synthetic shapes, and name them all.
+    assert metadata["domain"] == DEMO_DOMAIN
+    plural = {shape: f"{shape}es" if shape.endswith("s") else f"{shape}s" for shape in (*SHAPES, *SURFACES)}
+    for word in (*plural.values(), *NATURAL_STUFF, *MATERIALS):
+        assert word in DEMO_DOMAIN, word
+    assert "does not know real photos" in DEMO_DOMAIN
 
 
 def test_demo_checkpoint_segments_unseen_test_scenes(demo_scores) -> None:
@@ -196,6 +210,7 @@ def test_demo_run_reuses_an_earlier_pretraining_and_reports_it(tmp_path: Path) -
     assert read_metadata(output)["extra"]["demo"]["bank_resize_mIoU_seen"] == pytest.approx(
         report["evaluation"]["bank_resize"]["mIoU_seen"]
     )
+    assert read_metadata(output)["domain"] == DEMO_DOMAIN
     trained = load_checkpoint(output)
     assert torch.equal(trained.sam.encoder.pos_embed, backbones.sam.encoder.pos_embed)  # SAM stays frozen
     assert trained.config.head == get_config("demo").head

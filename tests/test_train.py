@@ -187,7 +187,9 @@ def test_training_in_ensemble_mode_averages_each_class_sentences_and_records_the
     torch.manual_seed(0)
     single = build_model(get_config("tiny").replace(name="tiny-p1", prompts_per_class=1))
     init = save_checkpoint(single, tmp_path / "p1.safetensors", prompt_mode="catseg")
-    config = tiny_config(tmp_path / "run", init=str(init), prompt_mode="ensemble", iterations=2)
+    config = tiny_config(
+        tmp_path / "run", init=str(init), prompt_mode="ensemble", iterations=2, dataset="synthetic-train"
+    )
     trainer = Trainer(config, dataset=scenes())
     assert trainer.prompt_mode == "ensemble"
     assert all(len(sentences) == 5 for sentences in trainer.prompts)  # the bank's five, averaged into one
@@ -198,6 +200,7 @@ def test_training_in_ensemble_mode_averages_each_class_sentences_and_records_the
     torch.testing.assert_close(text, expected)
     final = trainer.fit()
     assert read_metadata(final)["prompt_mode"] == "ensemble"
+    assert read_metadata(final)["domain"] == "trained on synthetic-train"
     # Without prompt_mode= the init's recorded mode is kept; a mode the model cannot take is refused.
     assert Trainer(tiny_config(tmp_path / "again", init=str(init)), dataset=scenes()).prompt_mode == "catseg"
     with pytest.raises(ValueError, match="gives one embedding per class"):

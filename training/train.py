@@ -186,7 +186,12 @@ class Trainer:
         self.model = _build(config).to(self.device).train()
         self.spec = LoaderSpec.from_config(config, self.model.config.image_size, self.distributed.world_size)
         self.dataset = dataset
-        recorded = recorded_prompt_mode(read_metadata(config.init) if config.init else {})
+        init_metadata = read_metadata(config.init) if config.init else {}
+        recorded = recorded_prompt_mode(init_metadata)
+        # What the checkpoints will say the model knows: the training set, after what an init model knew.
+        trained_on = f"trained on {config.dataset}"
+        known = init_metadata.get("domain")
+        self.domain = f"{known}; then {trained_on}" if known else trained_on
         self.prompt_mode = resolve_prompt_mode(
             recorded, config.prompt_mode, self.model.config.prompts_per_class
         )
@@ -258,7 +263,9 @@ class Trainer:
             "classes": len(self.prompts),
             "prompt_sources": self.prompt_sources,
         }
-        return save_checkpoint(self.model, self.output_dir / name, extra=extra, prompt_mode=self.prompt_mode)
+        return save_checkpoint(
+            self.model, self.output_dir / name, extra=extra, prompt_mode=self.prompt_mode, domain=self.domain
+        )
 
     # Loop ---------------------------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -33,6 +33,12 @@ from training.train import TrainConfig, Trainer
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.safetensors"
 REPORT_DIR = ROOT / "docs"
+# What the service tells people the demo model knows (checkpoint metadata "domain"; a test checks it names
+# every shape and background of training.datasets.synthetic).
+DEMO_DOMAIN = (
+    "synthetic scenes only: circles, rings, squares, triangles, stars and crosses in 8 colours on grass, "
+    "water, sky, sand and brick, stone or wooden walls and floors; it does not know real photos"
+)
 
 
 @dataclass
@@ -251,7 +257,7 @@ def run(
         },
         **read_metadata(final)["extra"],  # the Trainer's record: classes, prompt sources, iterations
     }
-    output = save_checkpoint(model, output, extra=extra)
+    output = save_checkpoint(model, output, extra=extra, domain=DEMO_DOMAIN)
     figure = example_figure(model, test_set, pick_example(test_set), report_dir / "demo_example.png")
     total = pretrain_seconds + time.perf_counter() - after_pretrain
     report = {
