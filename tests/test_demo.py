@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import training.probe
-from model import build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
+from model import Segmenter, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
 from training.datasets.synthetic import (
     MATERIALS,
     NATURAL_STUFF,
@@ -244,3 +244,31 @@ def test_reused_backbones_sit_in_the_current_preset_with_the_head_a_full_run_wou
     other = save_checkpoint(build_model("tiny"), tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match="another architecture"):
         reused_backbones(other, seed=0)
+
+
+def test_committed_examples_are_the_generators_and_the_demo_model_segments_them(demo_model, tmp_path) -> None:
+    from PIL import Image
+
+    from training.demo.examples import _SCALE, EXAMPLES, EXAMPLES_DIR, write_examples
+    from training.prompts import dataset_descriptions
+
+    written = write_examples(tmp_path)
+    committed = json.loads((EXAMPLES_DIR / "examples.json").read_text())["examples"]
+    assert committed == written
+    scenes = SyntheticScenes("test", num_images=max(example.index for example in EXAMPLES) + 1)
+    descriptions = dataset_descriptions(scenes)
+    segmenter = Segmenter(demo_model, device="cpu")
+    for example, entry in zip(EXAMPLES, committed, strict=True):
+        image = np.asarray(Image.open(EXAMPLES_DIR / entry["file"]).convert("RGB"))
+        assert np.array_equal(image, np.asarray(Image.open(tmp_path / entry["file"]).convert("RGB")))
+        classes = entry["classes"]
+        prompts, _ = class_prompts(classes, 5, "bank", {name: descriptions[name] for name in classes})
+        with torch.no_grad():
+            labels = segmenter.segment([image], demo_model.encode_text(prompts)).results[0].label_map
+        sample = scenes[example.index]
+        truth = np.array([classes.index(scenes.classes[c]) for c in sample.label.ravel()]).reshape(
+            sample.label.shape
+        )
+        truth = np.repeat(np.repeat(truth, _SCALE, axis=0), _SCALE, axis=1)
+        assert (labels == truth).mean() > 0.95, entry["name"]  # what a newcomer's first request shows
+        assert not set(example.absent) & {classes[index] for index in np.unique(labels)}
