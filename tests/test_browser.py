@@ -364,3 +364,29 @@ def test_an_image_can_be_dropped_on_the_page(page, shapes_png):
         page.click("#segment-button")
     assert answer.value.status == 200
     expect(page.locator("#legend tbody tr").first).to_be_visible()
+
+
+def test_an_example_is_one_click_and_the_page_says_what_the_model_knows(page, server):
+    examples = httpx.get(server.url + "/static/examples/examples.json").json()["examples"]
+    assert len(examples) == 3
+    buttons = page.locator("#example-list button.example")
+    expect(buttons).to_have_count(len(examples))
+    first = examples[0]
+    with page.expect_response(lambda response: response.url.endswith("/segment")) as answer:
+        buttons.first.click()
+    body = answer.value.json()
+    assert answer.value.status == 200, body
+    assert body["classes"] == first["classes"]
+    assert page.input_value("#classes") == ", ".join(first["classes"])
+    expect(page.locator("#result")).to_be_visible()
+    image = httpx.get(f"{server.url}/static/examples/{first['file']}").content
+    assert (body["width"], body["height"]) == Image.open(io.BytesIO(image)).size
+    # The demo checkpoint knows synthetic scenes; the page says so and how to get a model of real photos.
+    domain = httpx.get(server.url + "/readyz").json()["model"]["domain"]
+    notice = page.locator("#model-notice")
+    if domain is None:  # the random tiny fallback (no demo checkpoint): its status line says RANDOM instead
+        expect(notice).to_be_hidden()
+        return
+    expect(notice).to_contain_text(domain)
+    expect(page.locator("#real-photos-hint")).to_be_visible()
+    expect(page.locator("#real-photos-hint")).to_contain_text("lsmseg-import catseg")

@@ -3,6 +3,7 @@ file or a renamed heading fails here), every docs page is linked, and every serv
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -145,3 +146,14 @@ def test_configuration_page_documents_every_service_setting():
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
     variables = [f"LSMSEG_{name.upper()}" for name in Settings.model_fields]
     assert [variable for variable in variables if variable not in page] == []
+
+
+def test_readme_first_request_is_a_committed_example_with_its_classes():
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"curl -F image=@(\S+) \\\n\s+-F 'classes=(\[[^\]]*\])'", readme)
+    assert match, "the quickstart's curl request is not where this test looks for it"
+    image, classes = ROOT / match.group(1), json.loads(match.group(2))
+    listed = json.loads((image.parent / "examples.json").read_text())["examples"]
+    assert {"file": image.name, "classes": classes}.items() <= next(
+        entry for entry in listed if entry["file"] == image.name
+    ).items()

@@ -115,6 +115,49 @@ function setUpDropZone() {
   });
 }
 
+// Examples: scenes the demo model knows (service/static/examples, written by training/demo/examples.py) ---
+async function loadExamples() {
+  let listed;
+  try {
+    const response = await fetch("/static/examples/examples.json");
+    if (!response.ok) return;
+    listed = (await response.json()).examples;
+  } catch (error) {
+    return; // no examples: the section stays hidden
+  }
+  const buttons = listed.map((example) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "example";
+    button.dataset.example = example.name;
+    button.title = example.classes.join(", ");
+    const image = document.createElement("img");
+    image.src = `/static/examples/${example.file}`;
+    image.alt = `Example scene: ${example.classes.join(", ")}`;
+    button.append(image);
+    button.addEventListener("click", () => tryExample(example));
+    return button;
+  });
+  $("example-list").replaceChildren(...buttons);
+  $("examples").hidden = buttons.length === 0;
+}
+
+async function tryExample(example) {
+  clearError();
+  try {
+    const response = await fetch(`/static/examples/${example.file}`);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    chooseImage(new File([await response.blob()], example.file, { type: "image/png" }));
+  } catch (error) {
+    showError(`Could not load the example (${error.message}).`);
+    return;
+  }
+  $("vocab-select").value = "";
+  vocabChanged();
+  $("classes").value = example.classes.join(", ");
+  $("segment-form").requestSubmit();
+}
+
 // Segmentation --------------------------------------------------------------------------------------------
 function setBusy(busy) {
   const button = $("segment-button");
@@ -262,9 +305,19 @@ async function checkService() {
     } else {
       status.textContent = `Model ${model ? model.name : "?"} is ready${model ? ` on ${model.device}` : ""}.`;
     }
+    showDomain(model);
   } catch (error) {
     status.textContent = "Could not reach the service.";
   }
+}
+
+// What the loaded model knows (its checkpoint's "domain"); for the demo, how to get a model of real photos.
+function showDomain(model) {
+  const domain = model && model.domain;
+  $("model-notice").hidden = !domain;
+  if (!domain) return;
+  $("model-domain").textContent = domain;
+  $("real-photos-hint").hidden = !/synthetic/i.test(domain);
 }
 
 function setUpApiKey() {
@@ -286,4 +339,5 @@ document.addEventListener("DOMContentLoaded", () => {
   $("show-overlay").addEventListener("change", toggleOverlay);
   checkService();
   loadVocabularies();
+  loadExamples();
 });
