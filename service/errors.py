@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from model import UnsupportedK
 from prompt_cache import NameConflictError, NotFoundError, ValidationError
 from service.exceptions import BuiltinVocabulary, Unavailable
 
@@ -91,6 +92,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(BuiltinVocabulary, _builtin_vocabulary)
+    app.add_exception_handler(UnsupportedK, _unsupported_k)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValidationError, _prompt_cache_error)
@@ -115,6 +117,17 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 async def _builtin_vocabulary(request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "builtin_vocab", _clip(str(exc)))
+
+
+async def _unsupported_k(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnsupportedK)
+    fixed = exc.graph_k
+    return error_response(
+        422,
+        "unsupported_top_k",
+        f"this worker runs the ONNX backend, whose graph keeps k={fixed} classes: omit top_k or send {fixed} "
+        "(other values need a worker with LSMSEG_BACKEND=torch)",
+    )
 
 
 async def _prompt_cache_error(request: Request, exc: Exception) -> JSONResponse:

@@ -161,6 +161,11 @@ class SegmentResponse(BaseModel):
 
 # Health -----------------------------------------------------------------------------------------------------
 class ModelStatus(BaseModel):
+    """The loaded model, as service/loader.py describes it and /healthz and /readyz report it (so nobody
+    mistakes the random fallback for a real model)."""
+
+    model_config = ConfigDict(frozen=True)
+
     name: str
     source: str = Field(description="checkpoint | preset | random-fallback")
     path: str | None = Field(description="file name of the checkpoint (not where it is kept)")

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from service.metrics import STAGES
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,3 +146,9 @@ def test_configuration_page_documents_every_service_setting():
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
     variables = [f"LSMSEG_{name.upper()}" for name in Settings.model_fields]
     assert [variable for variable in variables if variable not in page] == []
+
+
+def test_metrics_page_names_every_stage_the_service_times():
+    page = (DOCS / "deployment.md").read_text(encoding="utf-8")
+    row = next(line for line in page.splitlines() if line.startswith("| `lsmseg_stage_duration_seconds`"))
+    assert set(re.findall(r"`(\w+)`", row.partition("`stage`:")[2])) == set(STAGES)

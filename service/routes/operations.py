@@ -24,11 +24,7 @@ router = APIRouter(tags=["operations"])
 
 
 def _model_status(state: ServiceState) -> ModelStatus | None:
-    info = state.model_info
-    if info is None:
-        return None
-    # The file name only: where the worker keeps its files is nobody else's business.
-    return ModelStatus(**{**info.as_dict(), "path": Path(info.path).name if info.path else None})
+    return state.loaded.status if state.loaded is not None else None
 
 
 @router.get(
