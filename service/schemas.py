@@ -1,4 +1,4 @@
-"""Request and response bodies (design §4). Field names are the public API: change them with care."""
+"""Request and response bodies (docs/api.md). Field names are the public API: change them with care."""
 
 from __future__ import annotations
 

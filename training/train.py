@@ -1,7 +1,7 @@
 """Training loop: full-model LSMSeg checkpoints from a segmentation dataset (paper §4.2 defaults).
 
-    lsmseg-train --config configs/vit-b16.yaml iterations=1000 output_dir=runs/try
-    torchrun --nproc-per-node 4 -m training.train --config configs/vit-b16.yaml
+    lsmseg-train --config my-run.yaml iterations=1000 output_dir=runs/try  # YAML of TrainConfig fields
+    torchrun --nproc-per-node 4 -m training.train --config my-run.yaml
     lsmseg-train init=catseg-b16.safetensors fusion=weight sam_checkpoint=sam_vit_l_0b3195.pth  # from CAT-Seg
 
 Single process or torchrun DDP (one process per GPU, gloo on CPU). Resumable: model, optimiser, schedule,
