@@ -156,5 +156,6 @@ def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelStatus
         prompt_version=prompt_version,
         prompt_mode=plan.prompt_mode,
         backend=settings.backend,
+        providers=[],  # known once the backend is built (startup.py)
     )
     return model.eval(), status

@@ -176,11 +176,11 @@ class ModelStatus(BaseModel):
     cfm_k: int
     prompt_version: str | None
     prompt_mode: str = Field(
-        "attributes", description="attributes | catseg | ensemble: how class names become text embeddings"
+        description="attributes | catseg | ensemble: how class names become text embeddings"
     )
-    backend: str = Field("torch", description="torch | onnx (LSMSEG_BACKEND)")
+    backend: str = Field(description="torch | onnx (LSMSEG_BACKEND)")
     providers: list[str] = Field(
-        default_factory=list, description="onnxruntime execution providers in use; `device` is torch's"
+        description="onnxruntime execution providers in use (none for torch); `device` is torch's"
     )
 
 
