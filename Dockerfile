@@ -5,7 +5,7 @@
 #   docker build -t lsmseg:gpu .                           CUDA (the default)
 #   docker build -t lsmseg:cpu --build-arg VARIANT=cpu .   CPU only; serves the embedded demo checkpoint
 #
-# The GPU image holds no weights: they are read from the volume mounted at /models (README, "Deployment").
+# The GPU image holds no weights: they are read from the volume mounted at /models (docs/deployment.md).
 #
 # Why this GPU base: torch and onnxruntime-gpu must agree on one CUDA and one cuDNN. onnxruntime-gpu 1.31 from
 # PyPI is built for CUDA 13.x + cuDNN 9.x, and onnxruntime uses the CUDA/cuDNN libraries torch has loaded when

@@ -82,7 +82,7 @@ class DirectSegmenter:
 
         settings = Settings()
         model, info = load_model(plan_model(settings), settings)
-        self.info = info.as_dict()
+        self.info = info.model_dump()
         self.segmenter = Segmenter(model, device=info.device)
         prompts = PromptBuilder(Bank(), prompts_per_class=info.prompts_per_class).build(classes).prompts
         with torch.no_grad():

@@ -1,6 +1,13 @@
 """LSMSeg model: pure torch. Public entry points are re-exported here."""
 
-from model.build import WeightsNotFoundError, add_sam, build_model, load_clip_weights, load_sam_weights
+from model.build import (
+    WeightsNotFoundError,
+    add_sam,
+    build_model,
+    clip_weights_file,
+    load_clip_weights,
+    load_sam_weights,
+)
 from model.catseg_import import CatSegImportError, import_catseg
 from model.catseg_protocol import CatSegProtocol
 from model.cfm import Selection, cost_volume, select_categories
@@ -8,7 +15,7 @@ from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from model.config import PRESETS, ClipConfig, HeadConfig, LSMSegConfig, SamConfig, get_config
 from model.edge_refinement import EdgeRefinement
 from model.lsmseg import LSMSeg, LSMSegOutput
-from model.segmenter import Segmentation, SegmentationBatch, Segmenter, to_rgb_array
+from model.segmenter import Segmentation, SegmentationBatch, Segmenter, UnsupportedK, to_rgb_array
 
 __all__ = [
     "PRESETS",
@@ -25,9 +32,11 @@ __all__ = [
     "SegmentationBatch",
     "Segmenter",
     "Selection",
+    "UnsupportedK",
     "WeightsNotFoundError",
     "add_sam",
     "build_model",
+    "clip_weights_file",
     "cost_volume",
     "get_config",
     "import_catseg",

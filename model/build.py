@@ -18,7 +18,13 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained weights are missing; the message names the file and where to get it."""
+    """Pretrained weights are missing; the message names the file and where to get it, and `part` which
+    weights they are ("checkpoint", "clip", "sam", "catseg"), so that an application can name its own
+    setting for them."""
+
+    def __init__(self, message: str, part: str) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 def build_model(
@@ -56,29 +62,37 @@ def _warn_if_sam_is_random(config: LSMSegConfig) -> None:
         )
 
 
-def _looks_like_path(source: str) -> bool:
-    return "/" in source or source.endswith(_WEIGHT_SUFFIXES)
-
-
-def _clip_weights_file(config: LSMSegConfig, source: str | Path) -> str:
-    clip = config.clip
-    source = str(source)
+def clip_weights_file(source: str | Path) -> Path | None:
+    """What a CLIP weights source is: the local file it names, or None for an open_clip tag such as
+    "openai" (no "/" and no weights suffix). WeightsNotFoundError for a path to a file that is not there."""
     if Path(source).is_file():
-        return source
-    if _looks_like_path(source):
+        return Path(source)
+    text = str(source)
+    if "/" in text or text.endswith(_WEIGHT_SUFFIXES):
         raise WeightsNotFoundError(
-            f"CLIP weights file {source!r} does not exist. It should hold the open_clip state dict of "
-            f"{clip.open_clip_name or 'this CLIP'}; or pass an open_clip tag such as 'openai' instead."
+            f"CLIP weights file {text!r} does not exist. It should hold an open_clip state dict; or pass "
+            "an open_clip tag such as 'openai' instead.",
+            "clip",
         )
+    return None
+
+
+def _clip_weights_path(config: LSMSegConfig, source: str | Path) -> str:
+    """The local weights file for `source`, fetched through open_clip's cache when it is a tag."""
+    clip = config.clip
+    file = clip_weights_file(source)
+    if file is not None:
+        return str(file)
+    source = str(source)
     if clip.open_clip_name is None:
         raise WeightsNotFoundError(
-            f"preset {config.name!r} has no open_clip architecture; pass a weights file"
+            f"preset {config.name!r} has no open_clip architecture; pass a weights file", "clip"
         )
     pretrained_cfg = open_clip.pretrained.get_pretrained_cfg(clip.open_clip_name, source)
     if not pretrained_cfg:
         tags = open_clip.list_pretrained_tags_by_model(clip.open_clip_name)
         raise WeightsNotFoundError(
-            f"open_clip has no tag {source!r} for {clip.open_clip_name}; known: {tags}"
+            f"open_clip has no tag {source!r} for {clip.open_clip_name}; known: {tags}", "clip"
         )
     try:
         return open_clip.pretrained.download_pretrained(pretrained_cfg)
@@ -90,25 +104,25 @@ def _clip_weights_file(config: LSMSegConfig, source: str | Path) -> str:
             f"`python -c \"import open_clip; "
             f"open_clip.create_model('{clip.open_clip_name}', pretrained='{source}')\"` "
             f"(fills ~/.cache/huggingface) or download the weights from https://huggingface.co/{hub} "
-            f"and pass the file's path."
+            f"and pass the file's path.",
+            "clip",
         ) from error
 
 
 def load_clip_weights(model: LSMSeg, source: str | Path) -> None:
     """Load open_clip weights (resizing the position embeddings to the model's input size)."""
-    path = _clip_weights_file(model.config, source)
+    path = _clip_weights_path(model.config, source)
     open_clip.load_checkpoint(model.clip.model, path, strict=True, weights_only=True)
     logger.info("loaded CLIP weights from %s", path)
 
 
-def sam_missing_message(config: SamConfig, path: str | Path) -> str:
-    where = (
-        f" Download {config.checkpoint_file} from {config.checkpoint_url}" if config.checkpoint_url else ""
-    )
+def sam_missing_message(config: SamConfig) -> str:
+    """Where to get a SAM encoder's weights file, and how to pass it."""
+    file = config.checkpoint_file or "the weights file"
+    where = f"Download {file} from {config.checkpoint_url}" if config.checkpoint_url else f"Get {file}"
     return (
-        f"SAM checkpoint {str(path)!r} does not exist.{where} (the official segment-anything "
-        f"'{config.registry_name or 'custom'}' weights) and pass its path as sam_checkpoint / "
-        f"LSMSEG_SAM_CHECKPOINT."
+        f"{where} (the official segment-anything '{config.registry_name or 'custom'}' weights) and pass its "
+        "path as sam_checkpoint."
     )
 
 
@@ -117,7 +131,8 @@ def load_sam_weights(model: LSMSeg, path: str | Path) -> None:
     if model.sam is None:
         raise ValueError(f"preset {model.config.name!r} has no SAM encoder")
     if not Path(path).is_file():
-        raise WeightsNotFoundError(sam_missing_message(model.sam.config, path))
+        message = f"SAM checkpoint {str(path)!r} does not exist. {sam_missing_message(model.sam.config)}"
+        raise WeightsNotFoundError(message, "sam")
     state = torch.load(path, map_location="cpu", weights_only=True)
     prefix = "image_encoder."
     encoder_state = {

@@ -95,7 +95,8 @@ def read_catseg_state(path: str | Path) -> dict[str, torch.Tensor]:
         base, large = PRETRAINED["catseg-vit-b16"], PRETRAINED["catseg-vit-l14-336"]
         raise WeightsNotFoundError(
             f"CAT-Seg checkpoint {str(path)!r} does not exist. The released files are {base.file} "
-            f"(ViT-B/16) from {base.url} and {large.file} (ViT-L/14@336) from {large.url}."
+            f"(ViT-B/16) from {base.url} and {large.file} (ViT-L/14@336) from {large.url}.",
+            "catseg",
         )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)

@@ -59,7 +59,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     and domain (None where the checkpoint does not say), extra."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise WeightsNotFoundError(f"checkpoint {str(path)!r} does not exist", "checkpoint")
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         raw = handle.metadata() or {}
     if raw.get("format") != FORMAT:
@@ -85,8 +85,8 @@ def load_checkpoint(
     needs_sam_file = config.sam is not None and not metadata["includes_sam"]
     if needs_sam_file and sam_checkpoint is None:
         raise WeightsNotFoundError(
-            f"checkpoint {path} does not contain the frozen SAM weights. "
-            + sam_missing_message(config.sam, "<not given>")
+            f"checkpoint {path} does not contain the frozen SAM weights. {sam_missing_message(config.sam)}",
+            "sam",
         )
     model = build_model(config, sam_checkpoint=sam_checkpoint if needs_sam_file else None)
     state: dict[str, torch.Tensor] = {}

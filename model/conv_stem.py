@@ -2,8 +2,9 @@
 
 It replaces open_clip's `visual.conv1` (one patch_size × patch_size convolution) and keeps its contract:
 B×3×H×W in, B×width×(H/patch)×(W/patch) out. The `demo` CLIP needs it: trained for minutes on a CPU, a plain
-ViT learns colour but not object shape, while this stem learns shape several times faster (README, "The demo
-model"). GroupNorm, not BatchNorm, so the stem has no running statistics for training mode to change.
+ViT learns colour but not object shape, while this stem learns shape several times faster
+(docs/experiments/2026-11-25-clip-shape.md). GroupNorm, not BatchNorm, so the stem has no running statistics
+for training mode to change.
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class EdgeRefinement:
-    # Chosen with the demo checkpoint on 200 fresh synthetic scenes (seed 1, not the test split); README.
+    # Chosen with the demo checkpoint on 200 fresh synthetic scenes (seed 1, not the test split):
+    # docs/experiments/2026-12-02-edge-refinement.md.
     radius: int = 2  # taps per side of each pass's grid
     dilations: tuple[int, ...] = (1, 2, 4, 1, 2, 4)  # tap spacing of each pass, in pixels
     sigma_colour: float = 0.06  # RGB distance (0–1 per channel) at which a tap's weight falls to e^-1/2
     # Large photos are refined at most this many pixels a side, then upsampled: cost and memory grow with the
-    # pixels (at 512 px, 0.5 s on 2 CPU cores for k = 16, 6x the demo model; benchmarks/edge_refinement.py).
+    # pixels (at 512 px, 0.53 s on 2 CPU cores for k = 16, 7x the demo model; benchmarks/edge_refinement.py).
     max_side: int = 256
 
     def __post_init__(self) -> None:

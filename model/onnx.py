@@ -18,11 +18,17 @@ from torch import nn
 from model.cfm import Selection, cost_volume
 from model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
 from model.lsmseg import LSMSeg, TextInput, per_sample
-from model.segmenter import Segmenter
+from model.segmenter import Segmenter, UnsupportedK
+from model.timing import ONNX, StageTimer
 
 logger = logging.getLogger(__name__)
 
-ONNX_STAGE = "onnx"  # the graph runs as one unit, so its time is one stage
+
+def check_graph_k(model: LSMSeg, k: int | None) -> None:
+    """The ONNX backend's one rule for k: its graph is exported with the model's cfm_k (export_onnx's
+    default), so any other k is refused (UnsupportedK); None means that k."""
+    if k is not None and k != model.config.cfm_k:
+        raise UnsupportedK(k, model.config.cfm_k)
 
 
 class ExportableLSMSeg(nn.Module):
@@ -101,19 +107,23 @@ class OnnxSegmenter(Segmenter):
         self.providers = self.session.get_providers()
         logger.info("onnxruntime providers: %s", self.providers)
 
+    def check_k(self, k: int | None) -> None:
+        check_graph_k(self.model, k)
+
     def _probabilities(
         self,
         images: torch.Tensor,
         selection: Selection | None,
         text: TextInput,
         k: int | None,
-        timings: dict[str, float],
+        timer: StageTimer,
     ) -> tuple[torch.Tensor, Selection]:
-        if selection is not None or (k is not None and k != self.model.config.cfm_k):
-            raise ValueError("the ONNX graph has a fixed k and no sliding window; use the torch backend")
+        if selection is not None:
+            raise ValueError("the ONNX graph has no sliding window; use the torch backend")
+        self.check_k(k)
         texts = per_sample(text, images.shape[0])
         outputs = []
-        with self._stage(timings, ONNX_STAGE):
+        with timer.stage(ONNX):
             for index, vocabulary in enumerate(texts):  # one shared vocabulary per graph call
                 logits, kept = self.session.run(
                     None, {"images": images[index : index + 1].numpy(), "text": vocabulary.float().numpy()}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,14 +12,25 @@ from PIL import Image
 
 from model.catseg_protocol import CatSegProtocol
 from model.cfm import Selection
+from model.device import resolve_device
 from model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
 from model.lsmseg import LSMSeg, TextInput, per_sample
+from model.timing import CFM, CLIP, POSTPROCESS, REFINE, SAM, StageTimer
 
 ImageLike = np.ndarray | Image.Image
 
 # Upsampling every class map to a large photo at once can take gigabytes; classes go through in groups.
 _UPSAMPLE_CLASS_GROUP = 8
 PROTOCOLS = ("lsmseg", "catseg")
+
+
+class UnsupportedK(ValueError):
+    """A CFM k the runtime cannot run: the ONNX graph keeps the number of classes it was exported with."""
+
+    def __init__(self, k: int, graph_k: int) -> None:
+        super().__init__(f"the ONNX graph keeps k={graph_k} classes, not {k}; other values need torch")
+        self.k = k
+        self.graph_k = graph_k
 
 
 @dataclass
@@ -83,7 +92,7 @@ class Segmenter:
         protocol: str | CatSegProtocol = "lsmseg",
     ) -> None:
         self.catseg = _catseg_protocol(protocol)  # None: LSMSeg's own protocol
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         # bf16 on GPUs (the paper's models run fine in it); fp32 on CPUs, where bf16 is slow.
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
@@ -100,6 +109,9 @@ class Segmenter:
     @property
     def image_size(self) -> int:
         return self.model.config.image_size
+
+    def check_k(self, k: int | None) -> None:
+        """Raise for a CFM k this runtime cannot run (UnsupportedK from the ONNX one); torch runs any k."""
 
     def views(self) -> dict[str, int]:
         """What the model sees of each image: the global view's side and, with the sliding window, the side
@@ -136,51 +148,43 @@ class Segmenter:
         ]
         return torch.cat(resized)
 
-    @contextmanager
-    def _stage(self, timings: dict[str, float], name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
     def _probabilities(
         self,
         images: torch.Tensor,
         selection: Selection | None,
         text: TextInput,
         k: int | None,
-        timings: dict[str, float],
+        timer: StageTimer,
         output_size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, Selection]:
         """B×K×S×S class probabilities of one view (padded classes at -1) and the selection used; S is the
         view's side unless `output_size` says otherwise."""
         model = self.model
-        with self._stage(timings, "clip"):
+        with timer.stage(CLIP):
             clip_features = model.clip_features(images)
-        with self._stage(timings, "sam"):
+        with timer.stage(SAM):
             guidance = model.fuse(clip_features, model.sam_features(images))
         if selection is None:
-            with self._stage(timings, "cfm"):
+            with timer.stage(CFM):
                 selection = model.select(clip_features.dense.float(), text, k)
-        with self._stage(timings, "refine"):
+        with timer.stage(REFINE):
             size = output_size or tuple(images.shape[-2:])
             logits = model.refine(clip_features.dense, guidance, selection, size, self.class_chunk)
             probs = torch.sigmoid(logits.float()).masked_fill(~selection.mask[:, :, None, None], -1.0)
         return probs, selection
 
     def _sliding_probabilities(
-        self, images: torch.Tensor, text: TextInput, k: int | None, timings: dict[str, float]
+        self, images: torch.Tensor, text: TextInput, k: int | None, timer: StageTimer
     ) -> tuple[torch.Tensor, Selection]:
         size, full = self.image_size, self.sliding_size
         global_view = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-        global_probs, selection = self._probabilities(global_view, None, text, k, timings)
+        global_probs, selection = self._probabilities(global_view, None, text, k, timer)
         total = global_probs.new_zeros(global_probs.shape[0], global_probs.shape[1], full, full)
         counts = global_probs.new_zeros(1, 1, full, full)
         for top in self._window_offsets():
             for left in self._window_offsets():
                 window = images[:, :, top : top + size, left : left + size]
-                probs, _ = self._probabilities(window, selection, text, k, timings)
+                probs, _ = self._probabilities(window, selection, text, k, timer)
                 total[:, :, top : top + size, left : left + size] += probs
                 counts[:, :, top : top + size, left : left + size] += 1
         upsampled = F.interpolate(global_probs, size=(full, full), mode="bilinear", align_corners=False)
@@ -194,16 +198,17 @@ class Segmenter:
         size: U×canvas×canvas for the U classes some view kept, and their indices into the C classes."""
         if self.catseg is None:
             raise ValueError("catseg_probabilities needs a Segmenter made with protocol='catseg'")
-        return self._catseg_probabilities(to_rgb_array(image), text.to(self.device), k, {})
+        timer = StageTimer(self.device)  # evaluation does not report stage times
+        return self._catseg_probabilities(to_rgb_array(image), text.to(self.device), k, timer)
 
     def _catseg_probabilities(
-        self, image: np.ndarray, text: torch.Tensor, k: int | None, timings: dict[str, float]
+        self, image: np.ndarray, text: torch.Tensor, k: int | None, timer: StageTimer
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.catseg is not None
         views = self.catseg.views(image, self.image_size, self.device)
         window = (self.catseg.window, self.catseg.window)
-        probs, selection = self._probabilities(views, None, text, k, timings, output_size=window)
-        with self._stage(timings, "postprocess"):
+        probs, selection = self._probabilities(views, None, text, k, timer, output_size=window)
+        with timer.stage(POSTPROCESS):
             return self.catseg.combine(probs, selection)
 
     def _label_map(
@@ -245,18 +250,18 @@ class Segmenter:
             return SegmentationBatch(results=[])
         arrays = [to_rgb_array(image) for image in images]
         texts = [t.to(self.device) for t in per_sample(text, len(arrays))]
-        timings: dict[str, float] = {}
+        timer = StageTimer(self.device)
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         with autocast:
             if self.catseg is not None:
-                return self._segment_catseg(arrays, texts, k, timings)
+                return self._segment_catseg(arrays, texts, k, timer)
             if self.sliding_window:
                 batch = self._tensor(arrays, self.sliding_size)
-                probs, selection = self._sliding_probabilities(batch, texts, k, timings)
+                probs, selection = self._sliding_probabilities(batch, texts, k, timer)
             else:
                 batch = self._tensor(arrays, self.image_size)
-                probs, selection = self._probabilities(batch, None, texts, k, timings)
-        with self._stage(timings, "postprocess"):
+                probs, selection = self._probabilities(batch, None, texts, k, timer)
+        with timer.stage(POSTPROCESS):
             results = [
                 self._label_map(
                     probs[index][selection.mask[index]][None],
@@ -266,18 +271,18 @@ class Segmenter:
                 )
                 for index, array in enumerate(arrays)
             ]
-        return SegmentationBatch(results=results, timings=timings)
+        return SegmentationBatch(results=results, timings=timer.seconds())
 
     def _segment_catseg(
-        self, arrays: list[np.ndarray], texts: list[torch.Tensor], k: int | None, timings: dict[str, float]
+        self, arrays: list[np.ndarray], texts: list[torch.Tensor], k: int | None, timer: StageTimer
     ) -> SegmentationBatch:
         # One image at a time, as CAT-Seg evaluates: its views are the batch.
         results = []
         for array, text in zip(arrays, texts, strict=True):
-            probs, classes = self._catseg_probabilities(array, text, k, timings)
-            with self._stage(timings, "postprocess"):
+            probs, classes = self._catseg_probabilities(array, text, k, timer)
+            with timer.stage(POSTPROCESS):
                 results.append(self._label_map(probs[None], classes, array, text.shape[0]))
-        return SegmentationBatch(results=results, timings=timings)
+        return SegmentationBatch(results=results, timings=timer.seconds())
 
 
 def _catseg_protocol(protocol: str | CatSegProtocol) -> CatSegProtocol | None:

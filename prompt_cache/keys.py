@@ -1,4 +1,5 @@
-"""Redis key layout (design §3). Every key lives under one versioned prefix; user text is always hashed."""
+"""Redis key layout (docs/prompts.md, "Redis keys"). Every key lives under one versioned prefix; user text
+is always hashed."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ MAX_CLASSES = 4096
 MAX_CLASS_CHARS = 200
 MAX_DESCRIPTIONS_PER_CLASS = 16
 MAX_DESCRIPTION_CHARS = 1000
+EMPTY_CLASS_LIST = "the class list is empty; give at least one class"
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def validate_classes(
     if isinstance(classes, str) or not isinstance(classes, Sequence):
         raise ValidationError("classes must be a list of class names")
     if not classes:
-        raise ValidationError("the class list is empty; give at least one class")
+        raise ValidationError(EMPTY_CLASS_LIST)
     if len(classes) > max_classes:
         raise ValidationError(f"{len(classes)} classes given; at most {max_classes} are allowed")
     names = []

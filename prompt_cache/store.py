@@ -1,7 +1,8 @@
 """EmbeddingStore: text embeddings per class behind an in-process LRU and Redis.
 
 Lookup order for a vocabulary: memory LRU -> one Redis MGET for the memory misses -> `encode_fn` for what is
-still missing -> write-back of the new embeddings (float16 bytes, one pipeline). Keys (design §3):
+still missing -> write-back of the new embeddings (float16 bytes, one pipeline). Keys (docs/prompts.md,
+"Redis keys"):
   lsmseg:v1:emb:{model_fingerprint}:{sha256(prompts)}   float16 bytes, P×D, row-major (prompt mode attributes)
   lsmseg:v1:emb:{model_fingerprint}:{mode}:{sha256(prompts)}   the same for the catseg and ensemble modes;
                                                         an ensemble entry is 1×D, however many sentences

@@ -1,8 +1,9 @@
 """VocabRegistry: named, content-addressed class lists kept in Redis so every process knows them.
 
-Keys (design §3): lsmseg:v1:vocab:{vocab_id} -> JSON {name, classes, prompt_version, created[, descriptions]},
-lsmseg:v1:vocabname:{name} -> vocab_id. `vocab_id` hashes the normalised class list (and the user's
-descriptions, when given, since they change the prompts), so registering the same list again is a no-op.
+Keys (docs/prompts.md, "Redis keys"): lsmseg:v1:vocab:{vocab_id} -> JSON {name, classes, prompt_version,
+created[, descriptions]}, lsmseg:v1:vocabname:{name} -> vocab_id. `vocab_id` hashes the normalised class
+list (and the user's descriptions, when given, since they change the prompts), so registering the same list
+again is a no-op.
 lsmseg:v1:vocabindex (sorted set of ids by creation time) lets GET /vocab read one page, not every record.
 Redis is the source of truth; when it is down or disabled the registry works from what this process has
 seen or registered (the most recently used `local_items` of them), and writes what it registered meanwhile

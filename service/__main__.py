@@ -25,13 +25,12 @@ def main() -> int:
     # Imported only now: torch takes seconds to import, and a typo in a setting should not wait for it.
     import uvicorn
 
-    from model import WeightsNotFoundError
     from service.app import create_app
     from service.loader import ModelConfigError
 
     try:
         app = create_app(settings)
-    except (ModelConfigError, WeightsNotFoundError) as exc:
+    except ModelConfigError as exc:
         print(f"lsmseg-serve: cannot start: {exc}", file=sys.stderr)
         return 2
     # One worker on purpose: the model lives in this process, and batching needs all requests in one place.

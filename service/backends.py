@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import LSMSeg, Segmenter
+from model import LSMSeg, Segmenter, UnsupportedK, clip_weights_file
 from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
 from service.loader import ModelConfigError, ModelPlan
 from service.settings import Settings
@@ -34,7 +34,6 @@ class Backend:
     name: str  # torch | onnx
     segmenter: Segmenter
     providers: tuple[str, ...] = ()  # onnxruntime's execution providers in use, best first
-    fixed_k: int | None = None  # the CFM k baked into the ONNX graph; None: any top_k works
 
 
 def build_backend(
@@ -47,17 +46,17 @@ def build_backend(
             model, device=device, sliding_window=settings.sliding_window, edge_refinement=edge_refinement
         )
         return Backend("torch", segmenter)
-    from model.onnx import OnnxSegmenter, export_onnx
+    from model.onnx import OnnxSegmenter, check_graph_k, export_onnx
 
-    k = model.config.cfm_k
-    if settings.top_k is not None and settings.top_k != k:
+    try:  # before a slow export
+        check_graph_k(model, settings.top_k)
+    except UnsupportedK as exc:
         raise ModelConfigError(
-            f"LSMSEG_TOP_K={settings.top_k}, but the ONNX graph keeps this model's k={k}: "
-            "unset LSMSEG_TOP_K or use LSMSEG_BACKEND=torch"
-        )
+            f"LSMSEG_TOP_K={settings.top_k}: {exc}. Unset LSMSEG_TOP_K or use LSMSEG_BACKEND=torch"
+        ) from exc
     path = settings.onnx_path or cached_graph(model, plan, settings, export or export_onnx)
     segmenter = OnnxSegmenter(model, path, threads=settings.torch_threads, edge_refinement=edge_refinement)
-    return Backend("onnx", segmenter, tuple(segmenter.providers), k)
+    return Backend("onnx", segmenter, tuple(segmenter.providers))
 
 
 def cached_graph(model: LSMSeg, plan: ModelPlan, settings: Settings, export: Exporter) -> Path:
@@ -98,16 +97,14 @@ def _default_cache_dir(plan: ModelPlan) -> Path:
 def _source_identity(plan: ModelPlan, settings: Settings) -> dict[str, list[int]]:
     """Weight file -> [size, mtime_ns]: a retrained checkpoint at the same path makes the graph stale.
     (open_clip tags such as "openai" are resolved by open_clip and only named in the folder key.)"""
-    files = [plan.checkpoint, settings.sam_checkpoint]
-    clip = settings.clip_weights
-    if plan.preset is not None and clip is not None and Path(clip).is_file():
-        files.append(Path(clip))
+    clip = settings.clip_weights if plan.preset is not None else None
+    clip_file = clip_weights_file(clip) if clip is not None else None
     identity: dict[str, list[int]] = {}
-    for file in files:
+    for file in (plan.checkpoint, settings.sam_checkpoint, clip_file):
         if file is not None:
             stat = file.stat()
             identity[str(file.resolve())] = [stat.st_size, stat.st_mtime_ns]
-    if plan.preset is not None and clip is not None and not Path(clip).is_file():
+    if clip is not None and clip_file is None:
         identity[f"open_clip:{clip}"] = [0, 0]
     return identity
 

@@ -31,7 +31,7 @@ class SegmentJob:
 @dataclass(frozen=True)
 class SegmentOutput:
     segmentation: Segmentation
-    timings: dict[str, float]  # seconds of the whole batch: clip, sam, cfm, refine, postprocess
+    timings: dict[str, float]  # seconds per model stage (model/timing.py) of the whole batch
     batch_size: int
 
 

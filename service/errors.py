@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from model import UnsupportedK
 from prompt_cache import NameConflictError, NotFoundError, ValidationError
+from prompt_cache.names import EMPTY_CLASS_LIST
 from service.exceptions import BuiltinVocabulary, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(BuiltinVocabulary, _builtin_vocabulary)
+    app.add_exception_handler(UnsupportedK, _unsupported_k)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ValidationError, _prompt_cache_error)
@@ -117,6 +120,17 @@ async def _builtin_vocabulary(request: Request, exc: Exception) -> JSONResponse:
     return error_response(409, "builtin_vocab", _clip(str(exc)))
 
 
+async def _unsupported_k(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnsupportedK)
+    fixed = exc.graph_k
+    return error_response(
+        422,
+        "unsupported_top_k",
+        f"this worker runs the ONNX backend, whose graph keeps k={fixed} classes: omit top_k or send {fixed} "
+        "(other values need a worker with LSMSEG_BACKEND=torch)",
+    )
+
+
 async def _prompt_cache_error(request: Request, exc: Exception) -> JSONResponse:
     message = _clip(str(exc))
     if isinstance(exc, NameConflictError):
@@ -138,14 +152,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(400, "invalid_json", "the request body is not valid JSON")
     # Only where and what: echoing `input` back could return megabytes of the client's own data.
     details = [
-        {
-            "loc": [str(part) for part in error.get("loc", ())],
-            "message": str(error.get("msg", "")).removeprefix("Value error, ")[:200],
-        }
+        {"loc": [str(part) for part in error.get("loc", ())], "message": _validation_message(error)}
         for error in errors[:_MAX_DETAILS]
     ]
     summary = "; ".join(f"{'.'.join(detail['loc'])}: {detail['message']}" for detail in details[:3])
     return error_response(422, "validation_error", summary or "invalid request", details=details)
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    # The schema's minimum of one class says it in pydantic's words; say it as the class-list check does.
+    if error.get("type") == "too_short" and tuple(error.get("loc", ()))[-1:] == ("classes",):
+        return EMPTY_CLASS_LIST
+    return str(error.get("msg", "")).removeprefix("Value error, ")[:200]
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

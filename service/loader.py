@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from model import LSMSeg, build_model, load_checkpoint, read_metadata
+from model import LSMSeg, WeightsNotFoundError, build_model, clip_weights_file, load_checkpoint, read_metadata
 from model.config import PRESETS
+from model.device import resolve_device
 from prompt_cache.modes import DEFAULT_PROMPT_MODE, recorded_prompt_mode, resolve_prompt_mode
+from service.schemas import ModelStatus
 from service.settings import DEFAULT_CHECKPOINT, Settings
 
 logger = logging.getLogger(__name__)
 
 FALLBACK_PRESET = "tiny"
+# The setting that names each part's weights: model/ speaks of its own arguments, the service of its settings.
+_WEIGHT_SETTINGS = {
+    "checkpoint": "LSMSEG_CHECKPOINT",
+    "clip": "LSMSEG_CLIP_WEIGHTS",
+    "sam": "LSMSEG_SAM_CHECKPOINT",
+}
 
 
 class ModelConfigError(ValueError):
@@ -38,27 +48,6 @@ class ModelPlan:
         return self.source == "random-fallback"
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """Reported by /healthz and /readyz so nobody mistakes the random fallback for a real model."""
-
-    name: str
-    source: str
-    path: str | None
-    random_weights: bool
-    device: str
-    image_size: int
-    prompts_per_class: int
-    cfm_k: int
-    prompt_version: str | None
-    prompt_mode: str = DEFAULT_PROMPT_MODE
-    backend: str = "torch"  # torch | onnx (LSMSEG_BACKEND)
-    providers: tuple[str, ...] = ()  # onnxruntime's execution providers; `device` is where torch runs
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
 def plan_model(settings: Settings) -> ModelPlan:
     """Resolve the model source and check that its files exist; ModelConfigError otherwise."""
     if settings.backend == "onnx":
@@ -68,10 +57,10 @@ def plan_model(settings: Settings) -> ModelPlan:
             raise ModelConfigError(f"unknown LSMSEG_PRESET {settings.preset!r}; known: {sorted(PRESETS)}")
         if settings.sam_checkpoint is not None and not settings.sam_checkpoint.is_file():
             raise ModelConfigError(f"LSMSEG_SAM_CHECKPOINT {str(settings.sam_checkpoint)!r} does not exist")
-        clip = settings.clip_weights
-        # A tag such as "openai" is looked up in open_clip's cache while loading; a path must exist now.
-        if clip is not None and ("/" in clip or Path(clip).suffix) and not Path(clip).is_file():
-            raise ModelConfigError(f"LSMSEG_CLIP_WEIGHTS {clip!r} does not exist")
+        if settings.clip_weights is not None:
+            # A tag such as "openai" is looked up in open_clip's cache while loading; a file must exist now.
+            with _naming_the_setting():
+                clip_weights_file(settings.clip_weights)
         mode = _prompt_mode(settings, DEFAULT_PROMPT_MODE, PRESETS[settings.preset].prompts_per_class)
         return ModelPlan("preset", None, settings.preset, mode)
     checkpoint = settings.checkpoint
@@ -109,9 +98,22 @@ def _check_onnx(settings: Settings) -> None:
         )
 
 
-def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
-    """Build or load the model on the configured device (WeightsNotFoundError names any missing file)."""
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+@contextmanager
+def _naming_the_setting() -> Iterator[None]:
+    """A missing weights file becomes a ModelConfigError that also names the setting to fix."""
+    try:
+        yield
+    except WeightsNotFoundError as exc:
+        setting = _WEIGHT_SETTINGS.get(exc.part)
+        if setting is None:
+            raise
+        raise ModelConfigError(f"{exc} (setting: {setting})") from exc
+
+
+def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelStatus]:
+    """Build or load the model on the configured device (ModelConfigError names the setting of a missing
+    weights file)."""
+    device = str(resolve_device(settings.device))
     if settings.backend == "onnx":
         device = "cpu"  # onnxruntime runs the image graph; torch only feeds it and encodes text
     if settings.torch_threads is not None:
@@ -126,24 +128,28 @@ def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
             "!" * 100, DEFAULT_CHECKPOINT, plan.preset, "!" * 100,
         )
     if plan.checkpoint is not None:
-        model = load_checkpoint(plan.checkpoint, device, sam_checkpoint=settings.sam_checkpoint)
+        with _naming_the_setting():
+            model = load_checkpoint(plan.checkpoint, device, sam_checkpoint=settings.sam_checkpoint)
         prompt_version = model.checkpoint_metadata.get("prompt_version") or None
+        domain = model.checkpoint_metadata.get("domain")
     else:
         assert plan.preset is not None
         # Seeded, so random weights are the same after every restart: equal text fingerprints keep the
         # Redis embedding cache valid (and free of a new set of keys per restart).
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _naming_the_setting():
             torch.manual_seed(0)
             model = build_model(
                 plan.preset, clip_pretrained=settings.clip_weights, sam_checkpoint=settings.sam_checkpoint
             )
         model = model.to(device)
         prompt_version = None
+        domain = None  # a preset's head is untrained (random weights say so above)
     config = model.config
-    info = ModelInfo(
+    status = ModelStatus(
         name=config.name,
         source=plan.source,
-        path=str(plan.checkpoint) if plan.checkpoint is not None else None,
+        # The file name only: where the worker keeps its files is nobody else's business.
+        path=plan.checkpoint.name if plan.checkpoint is not None else None,
         random_weights=plan.random_weights or (plan.preset is not None and settings.clip_weights is None),
         device=device,
         image_size=config.image_size,
@@ -151,6 +157,8 @@ def load_model(plan: ModelPlan, settings: Settings) -> tuple[LSMSeg, ModelInfo]:
         cfm_k=config.cfm_k,
         prompt_version=prompt_version,
         prompt_mode=plan.prompt_mode,
+        domain=domain,
         backend=settings.backend,
+        providers=[],  # known once the backend is built (startup.py)
     )
-    return model.eval(), info
+    return model.eval(), status

@@ -1,4 +1,5 @@
-"""Prometheus metrics (design §4). One registry per app; every label has a small, fixed set of values."""
+"""Prometheus metrics (docs/deployment.md#metrics). One registry per app; every label has a small, fixed set
+of values."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# "onnx": the ONNX backend runs clip..refine as one graph, timed as one stage.
-STAGES = ("decode", "queue", "text", "clip", "sam", "cfm", "refine", "onnx", "postprocess", "encode")
+from model.timing import MODEL_STAGES
+
+# A request's own stages; the model's (clip, sam, cfm, refine, onnx, postprocess) are in model/timing.py.
+DECODE = "decode"  # image bytes -> pixels
+QUEUE = "queue"  # waiting for the model thread
+TEXT = "text"  # class names -> text embeddings (cache tiers, and encoding the misses)
+ENCODE = "encode"  # the answer: label PNG, RLE, overlay
+STAGES = (DECODE, QUEUE, TEXT, *MODEL_STAGES, ENCODE)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)

@@ -1,4 +1,4 @@
-"""Request and response bodies (design §4). Field names are the public API: change them with care."""
+"""Request and response bodies (docs/api.md). Field names are the public API: change them with care."""
 
 from __future__ import annotations
 
@@ -161,6 +161,11 @@ class SegmentResponse(BaseModel):
 
 # Health -----------------------------------------------------------------------------------------------------
 class ModelStatus(BaseModel):
+    """The loaded model, as service/loader.py describes it and /healthz and /readyz report it (so nobody
+    mistakes the random fallback for a real model)."""
+
+    model_config = ConfigDict(frozen=True)
+
     name: str
     source: str = Field(description="checkpoint | preset | random-fallback")
     path: str | None = Field(description="file name of the checkpoint (not where it is kept)")
@@ -171,11 +176,15 @@ class ModelStatus(BaseModel):
     cfm_k: int
     prompt_version: str | None
     prompt_mode: str = Field(
-        "attributes", description="attributes | catseg | ensemble: how class names become text embeddings"
+        description="attributes | catseg | ensemble: how class names become text embeddings"
     )
-    backend: str = Field("torch", description="torch | onnx (LSMSEG_BACKEND)")
+    domain: str | None = Field(
+        description="what images the model knows, as its checkpoint says (the demo: synthetic scenes only); "
+        "null when the checkpoint does not say"
+    )
+    backend: str = Field(description="torch | onnx (LSMSEG_BACKEND)")
     providers: list[str] = Field(
-        default_factory=list, description="onnxruntime execution providers in use; `device` is torch's"
+        description="onnxruntime execution providers in use (none for torch); `device` is torch's"
     )
 
 

@@ -1,24 +1,21 @@
-"""Everything one app instance holds, and the start-up that runs on the model thread."""
+"""Everything one app instance holds; the model itself arrives from startup.py, on the model thread."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from prompt_cache import Bank, EmbeddingStore, LLMClient, PromptBuilder, RedisLink, VocabRegistry
-from service.backends import build_backend
-from service.batcher import Batcher
+from prompt_cache import Bank, RedisLink, VocabRegistry
+from service.batcher import Batcher, RunBatch
 from service.encoding import TextEncoder
-from service.engine import Engine, SegmentJob, SegmentOutput
-from service.errors import ApiError
-from service.loader import ModelInfo, ModelPlan, load_model
+from service.engine import SegmentJob, SegmentOutput
+from service.exceptions import NotReady
+from service.loader import ModelPlan
 from service.metrics import Metrics
 from service.settings import Settings
+from service.startup import LoadedModel, start_model
 from service.vocabularies import Vocabularies
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,9 +28,7 @@ class ServiceState:
     vocabularies: Vocabularies = field(init=False)
     batcher: Batcher[SegmentJob, SegmentOutput] = field(init=False)
     text_encoder: TextEncoder = field(init=False)
-    model_info: ModelInfo | None = None
-    engine: Engine | None = None
-    store: EmbeddingStore | None = None  # text embeddings; set with the engine once the model is known
+    loaded: LoadedModel | None = None  # set on the model thread once start-up has finished
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -64,60 +59,22 @@ class ServiceState:
         self.batcher.stop()
         self.link.close()
 
-    def _start_model(self):
-        """On the model thread: load, wire the text side to the model, warm up. Returns the batch function."""
-        settings = self.settings
-        model, info = load_model(self.plan, settings)
-        if info.prompt_version and info.prompt_version != self.bank.prompt_version:
-            logger.warning(
-                "the checkpoint was trained with prompt version %r; this bank is %r",
-                info.prompt_version, self.bank.prompt_version,
-            )
-        store = EmbeddingStore(
-            self.link,
-            model.text_fingerprint(),
-            self.bank.prompt_version,
-            ttl_s=settings.embedding_ttl_s,
-            device=info.device,
-            on_count=self.metrics.count_cache,
-            prompt_mode=info.prompt_mode,
-        )
-        llm = None
-        if settings.llm_url is not None and settings.llm_model is not None:
-            key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-            llm = LLMClient(settings.llm_url, settings.llm_model, key)
-        builder = PromptBuilder(
-            self.bank,
-            llm,
-            info.prompts_per_class,
-            mode=info.prompt_mode,
-            store=store,
-            max_classes=settings.max_classes,
-        )
-        backend = build_backend(model, self.plan, settings, info.device)
-        info = replace(info, providers=backend.providers)
-        engine = Engine(model, backend, info.prompt_mode)
-        engine.warm_up()
-        builder.build(["wall"])  # loads the tokenizer now rather than in the first request
-        self.vocabularies.builder = builder
-        self.store = store
-        self.engine = engine
-        self.model_info = info
+    def _start_model(self) -> RunBatch[SegmentJob, SegmentOutput]:
+        """On the model thread: load and wire the model; its batch function is what the thread runs."""
+        loaded = start_model(self.plan, self.settings, self.bank, self.link, self.metrics)
+        self.vocabularies.builder = loaded.builder
+        self.loaded = loaded
+        status = loaded.status
         self.metrics.model_info.labels(
-            info.name, info.source, info.device, info.backend, ",".join(info.providers)
+            status.name, status.source, status.device, status.backend, ",".join(status.providers)
         ).set(1)
-        return engine.run
+        return loaded.engine.run
 
-    def check_top_k(self, top_k: int | None) -> None:
-        """422 for a top_k the backend cannot run: the ONNX graph's CFM k is fixed at export."""
-        fixed = self.engine.backend.fixed_k if self.engine is not None else None
-        if top_k is not None and fixed is not None and top_k != fixed:
-            raise ApiError(
-                422,
-                "unsupported_top_k",
-                f"this worker runs the ONNX backend, whose graph keeps k={fixed} classes: "
-                f"omit top_k or send {fixed} (other values need a worker with LSMSEG_BACKEND=torch)",
-            )
+    def ready_model(self) -> LoadedModel:
+        """The loaded model; NotReady before start-up has finished."""
+        if self.loaded is None:
+            raise NotReady()
+        return self.loaded
 
 
 def get_state(request: Request) -> ServiceState:

@@ -1,5 +1,5 @@
-"""CAT-Seg-layout state dicts for the importer's tests, written from the key tables of
-shared/notes/catseg-import-facts.md §3 (CAT-Seg's CVPR'24 modules), not from CAT-Seg's code.
+"""CAT-Seg-layout state dicts for the importer's tests, written from the key layout of CAT-Seg's CVPR'24
+checkpoints (docs/model.md, "Importing CAT-Seg checkpoints"), not from CAT-Seg's code.
 
 `catseg_shapes` lists every tensor of a released checkpoint at any size; `catseg_state` fills it with seeded
 random values (the Swin mask with the real −100 pattern) so a tiny file exercises every key.

@@ -1,7 +1,7 @@
 """CAT-Seg's network computed directly from CAT-Seg-layout tensors (separate q/k/v, concatenated
 [features; guidance] q/k inputs, the saved −100 Swin mask, explicit pad tokens, LoFTR-style linear attention
 with values divided by the sequence length), written from the behaviour described in
-shared/notes/catseg-import-facts.md §1 — an independent reference for the importer, not CAT-Seg's code.
+docs/model.md ("CAT-Seg's network as flags") — an independent reference for the importer, not CAT-Seg's code.
 """
 
 from __future__ import annotations

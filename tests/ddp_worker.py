@@ -5,24 +5,15 @@ import json
 import sys
 from pathlib import Path
 
+from test_train import tiny_config  # this script's folder, tests/, is first on sys.path
+
 from training.datasets import SyntheticScenes
-from training.train import TrainConfig, Trainer
+from training.train import Trainer
 
 
 def main() -> None:
     output = Path(sys.argv[1])
-    config = TrainConfig(
-        preset="tiny",
-        clip_pretrained=None,
-        iterations=3,
-        batch_size=4,
-        lr=1e-3,
-        num_workers=0,
-        log_every=1,
-        checkpoint_every=100,
-        output_dir=str(output),
-        device="cpu",
-    )
+    config = tiny_config(output, iterations=3, batch_size=4, lr=1e-3, checkpoint_every=100)
     trainer = Trainer(config, dataset=SyntheticScenes("train", num_images=8, image_size=64, seed=1))
     try:
         trainer.fit()

@@ -41,7 +41,9 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> ServiceProcess:
+    def start(self, until: str = "ready") -> ServiceProcess:
+        """Start the worker and wait until its model is `until` (/readyz's status: "failed" for a model that
+        cannot load)."""
         env = {key: value for key, value in os.environ.items() if not key.startswith("LSMSEG_")}
         env.update({"LSMSEG_HOST": "127.0.0.1", "LSMSEG_PORT": str(self.port), "LSMSEG_LOG_LEVEL": "warning"})
         env.update({f"LSMSEG_{key.upper()}": str(value) for key, value in self.settings.items()})
@@ -58,13 +60,13 @@ class ServiceProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=2).json()["status"] == until:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"the service was not ready within {START_TIMEOUT_S} s:\n{self.log_tail()}")
+        raise RuntimeError(f"the service was not {until} within {START_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -11,6 +11,7 @@ from model import (
     LSMSeg,
     WeightsNotFoundError,
     build_model,
+    clip_weights_file,
     get_config,
     load_checkpoint,
     load_clip_weights,
@@ -100,6 +101,17 @@ def test_missing_clip_file_and_unreachable_tag(monkeypatch: pytest.MonkeyPatch) 
         load_clip_weights(model, "/nowhere/clip.safetensors")
     with pytest.raises(WeightsNotFoundError, match="no open_clip architecture"):
         load_clip_weights(model, "openai")
+
+
+def test_a_clip_weights_source_is_a_local_file_or_an_open_clip_tag(tmp_path: Path) -> None:
+    weights = tmp_path / "clip.bin"
+    weights.write_bytes(b"")
+    assert clip_weights_file(weights) == weights and clip_weights_file(str(weights)) == weights
+    assert clip_weights_file("openai") is None and clip_weights_file("laion2b_s34b_b88k") is None
+    for missing in ("/nowhere/clip.pt", "clip.safetensors", "weights/openai"):
+        with pytest.raises(WeightsNotFoundError, match=f"{missing!r} does not exist") as error:
+            clip_weights_file(missing)
+        assert error.value.part == "clip" and "LSMSEG" not in str(error.value)
 
 
 def test_clip_weights_from_a_local_file_are_loaded(tmp_path: Path) -> None:

@@ -93,7 +93,8 @@ def test_demo_checkpoint_segments_unseen_test_scenes(demo_scores) -> None:
     objects = result["objects"]
     assert objects["exact"] <= min(objects["colour"], objects["shape"])
     assert objects["colour"] + objects["stuff"] <= 1 + 1e-9
-    # Object colour is mostly right and so is shape (96 % and 89 % of object pixels on 500 scenes; README).
+    # Object colour is mostly right and so is shape (96 % and 89 % of object pixels on 500 scenes;
+    # docs/demo-model.md, "Limits").
     assert objects["colour"] > COLOUR_FLOOR
     assert objects["shape"] > SHAPE_FLOOR
 
@@ -102,8 +103,8 @@ def test_demo_checkpoint_keeps_its_scores_when_every_class_is_kept(
     demo_model, test_scenes, demo_scores
 ) -> None:
     # Trained with the CFM at k = 16, the head still copes with all 58 classes at inference: here 0.743 mIoU
-    # against 0.685 at k = 16 (500 scenes: 82.0 against 84.3 hIoU, README). An earlier k = 8-trained head
-    # (plain-ViT CLIP) fell to half its score.
+    # against 0.685 at k = 16 (500 scenes: 82.0 against 84.3 hIoU; docs/demo-model.md, "The paper's
+    # ablations in miniature"). An earlier k = 8-trained head (plain-ViT CLIP) fell to half its score.
     filtered = demo_scores
     unfiltered = evaluate_test(demo_model, test_scenes, k=len(test_scenes.classes), progress=False)
     assert (filtered["cfm_k"], unfiltered["cfm_k"]) == (16, 58)

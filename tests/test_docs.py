@@ -11,6 +11,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from service.metrics import STAGES
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +158,9 @@ def test_readme_first_request_is_a_committed_example_with_its_classes():
     assert {"file": image.name, "classes": classes}.items() <= next(
         entry for entry in listed if entry["file"] == image.name
     ).items()
+
+
+def test_metrics_page_names_every_stage_the_service_times():
+    page = (DOCS / "deployment.md").read_text(encoding="utf-8")
+    row = next(line for line in page.splitlines() if line.startswith("| `lsmseg_stage_duration_seconds`"))
+    assert set(re.findall(r"`(\w+)`", row.partition("`stage`:")[2])) == set(STAGES)

@@ -5,7 +5,7 @@ import onnxruntime
 import pytest
 import torch
 
-from model import LSMSeg, Segmenter
+from model import LSMSeg, Segmenter, UnsupportedK
 from model.onnx import OnnxSegmenter
 
 
@@ -46,8 +46,13 @@ def test_onnx_segmenter_gives_the_torch_label_maps(tiny_model: LSMSeg, tiny_onnx
         np.testing.assert_array_equal(a.selected, b.selected)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
     assert set(ours.timings) == {"onnx", "postprocess"}
-    with pytest.raises(ValueError, match="fixed k"):
+    k = tiny_model.config.cfm_k
+    onnx_segmenter.check_k(None)
+    onnx_segmenter.check_k(k)
+    with pytest.raises(UnsupportedK, match=f"keeps k={k} classes, not 3") as error:
         onnx_segmenter.segment(images[:1], tiny_text, k=3)
+    assert (error.value.k, error.value.graph_k) == (3, k)
+    Segmenter(tiny_model, device="cpu").check_k(3)  # torch runs any k
 
 
 def test_default_providers_prefer_cuda_and_fall_back_to_cpu(tiny_model: LSMSeg, tiny_onnx) -> None:

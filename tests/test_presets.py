@@ -43,7 +43,7 @@ def test_preset_survives_json_with_the_same_tensors(name: str) -> None:
         shapes = {key: t.shape for key, t in LSMSeg(config).state_dict().items()}
         rebuilt = {key: t.shape for key, t in LSMSeg(rebuilt_config).state_dict().items()}
     assert rebuilt == shapes
-    if name == "catseg-vit-b16":  # CAT-Seg's 484 tensors map onto these (shared/notes/catseg-import-facts.md)
+    if name == "catseg-vit-b16":  # CAT-Seg's 484 tensors map onto these (docs/model.md)
         assert len(shapes) == 450
 
 

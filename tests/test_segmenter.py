@@ -1,5 +1,7 @@
 """Segmenter: raw images in, label maps at each image's own size out, consistent with the network's logits."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model import LSMSeg, Segmenter, to_rgb_array
+from model.device import resolve_device
+from model.timing import StageTimer
 
 
 def random_image(height: int, width: int, seed: int) -> np.ndarray:
@@ -110,3 +114,21 @@ def test_probabilities_resize_like_the_model(tiny_model: LSMSeg) -> None:
     a, b = segmenter.segment([small, big], text).results
     upscaled = F.interpolate(torch.from_numpy(a.label_map)[None, None].float(), size=(128, 128))[0, 0]
     assert (upscaled.numpy() == b.label_map).mean() > 0.8
+
+
+def test_the_default_device_is_the_gpu_when_torch_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # named devices are taken as they are
+    for seen, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda seen=seen: seen)
+        assert resolve_device() == resolve_device("auto") == torch.device(expected)
+
+
+def test_stage_timer_adds_up_repeated_stages_in_the_order_they_first_ran() -> None:
+    timer = StageTimer(torch.device("cpu"))
+    for name in ("refine", "clip", "refine"):
+        with timer.stage(name):
+            time.sleep(0.02)
+    seconds = timer.seconds()
+    assert list(seconds) == ["refine", "clip"]
+    assert seconds["refine"] >= 0.04 and seconds["clip"] >= 0.02

@@ -65,6 +65,8 @@ def test_health_and_readiness_name_the_model_and_redis(api, server):
     assert model["name"] == "demo" and model["source"] == "checkpoint" and model["random_weights"] is False
     assert model["path"] == DEFAULT_CHECKPOINT.name  # the file name only, not where it is kept
     assert (model["image_size"], model["prompts_per_class"]) == (96, 5)
+    assert model["domain"].startswith("synthetic scenes only")  # the page shows what the model knows
+    assert "does not know real photos" in model["domain"]
     assert "RANDOM weights" not in server.log_path.read_text()
 
 
@@ -375,6 +377,17 @@ def test_hostile_segment_requests_get_4xx_json(http, case):
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert error["code"] == code and error["message"]
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["multipart", "json"])
+def test_an_empty_class_list_is_said_in_words(http, as_json):
+    if as_json:
+        image = base64.b64encode(image_bytes(8, 8)).decode()
+        response = http.post("/segment", json={"image": image, "classes": []})
+    else:
+        response = http.post("/segment", **_form(classes=[]))
+    assert response.status_code == 422
+    assert "the class list is empty; give at least one class" in response.json()["error"]["message"]
 
 
 def test_chunked_body_over_the_limit_is_cut_off(http):

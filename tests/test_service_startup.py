@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 
+import httpx
 import pytest
-from service_server import REPO_ROOT
+from service_server import REPO_ROOT, ServiceProcess, image_bytes
+
+from model import build_model, get_config, save_checkpoint
 
 
 def _serve(**settings: str) -> subprocess.CompletedProcess:
@@ -35,3 +38,21 @@ def test_bad_model_settings_stop_the_server_with_a_clear_message(settings, messa
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_that_fails_to_load_reports_the_setting_to_fix_and_when_to_retry(tmp_path):
+    config = get_config("tiny")
+    config.sam.checkpoint_file = "sam_tiny.pth"  # official SAM weights: left out of the checkpoint
+    checkpoint = save_checkpoint(build_model(config), tmp_path / "no_sam.safetensors")
+    service = ServiceProcess(tmp_path / "service.log", checkpoint=checkpoint).start(until="failed")
+    try:
+        ready = httpx.get(f"{service.url}/readyz")
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "60"
+        error = ready.json()["error"]
+        assert "sam_tiny.pth" in error and "(setting: LSMSEG_SAM_CHECKPOINT)" in error
+        files = {"image": ("i.png", image_bytes(40, 30), "image/png")}
+        refused = httpx.post(f"{service.url}/segment", files=files, data={"classes": '["sky"]'})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "60"
+        assert refused.json()["error"]["code"] == "model_failed"
+    finally:
+        service.stop()

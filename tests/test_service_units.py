@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from model import WeightsNotFoundError, build_model, get_config, save_checkpoint
 from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
 from service.backends import build_backend
 from service.batcher import Batcher
@@ -19,7 +20,7 @@ from service.client import read_label_png
 from service.errors import ApiError
 from service.exceptions import ModelFailed, QueueFull
 from service.images import decode_base64_image, decode_image
-from service.loader import FALLBACK_PRESET, ModelPlan, load_model, plan_model
+from service.loader import FALLBACK_PRESET, ModelConfigError, ModelPlan, load_model, plan_model
 from service.masks import class_rle, label_png, overlay_png, palette, scale_labels, scaled_areas
 from service.metrics import Metrics
 from service.routes.segment import _prefers_png
@@ -176,6 +177,35 @@ def test_without_the_demo_checkpoint_a_random_tiny_model_is_served_with_a_loud_w
     assert "RANDOM weights" in caplog.text and "absent.safetensors" in caplog.text
     assert model.config.name == FALLBACK_PRESET == "tiny"
     assert (info.source, info.random_weights) == ("random-fallback", True)
+
+
+def test_missing_weights_name_the_setting_to_fix_while_model_messages_do_not(tmp_path):
+    with pytest.raises(ModelConfigError, match="LSMSEG_CLIP_WEIGHTS") as error:
+        plan_model(Settings(preset="tiny", clip_weights="/nowhere/clip.pt"))
+    assert "'/nowhere/clip.pt' does not exist" in str(error.value)
+    # A tag is looked up while loading: the tiny preset has no open_clip architecture to look it up for.
+    plan = plan_model(Settings(preset="tiny", clip_weights="openai"))
+    with pytest.raises(ModelConfigError, match=r"no open_clip architecture.*LSMSEG_CLIP_WEIGHTS"):
+        load_model(plan, Settings(preset="tiny", clip_weights="openai", device="cpu"))
+
+    config = get_config("tiny")
+    config.sam.checkpoint_file = "sam_tiny.pth"  # official SAM weights: left out of the checkpoint
+    path = save_checkpoint(build_model(config), tmp_path / "no_sam.safetensors")
+    settings = Settings(checkpoint=path, device="cpu")
+    with pytest.raises(ModelConfigError, match=r"sam_tiny\.pth.*\(setting: LSMSEG_SAM_CHECKPOINT\)") as error:
+        load_model(plan_model(settings), settings)
+    cause = error.value.__cause__
+    assert isinstance(cause, WeightsNotFoundError) and cause.part == "sam" and "LSMSEG" not in str(cause)
+
+
+def test_the_model_status_names_the_checkpoint_file_but_not_where_it_is_kept(tmp_path):
+    path = save_checkpoint(build_model("tiny"), tmp_path / "kept" / "here" / "tiny.safetensors")
+    settings = Settings(checkpoint=path, device="cpu")
+    _, status = load_model(plan_model(settings), settings)
+    assert (status.name, status.source, status.device) == ("tiny", "checkpoint", "cpu")
+    assert status.path == "tiny.safetensors"
+    assert (status.cfm_k, status.prompts_per_class, status.random_weights) == (8, 2, False)
+    assert "kept" not in status.model_dump_json()
 
 
 # Batcher ----------------------------------------------------------------------------------------------------

@@ -198,8 +198,8 @@ def dense_caption_losses(
 class ClipPretrainConfig:
     # Shape is learnt slowly (after colour), and CLIP's steps are the demo's best-spent minutes: 3500 instead
     # of 2500 raised the demo's seen mIoU by 10.6 points, 4000 instead of 3500 by 3.6 (refined), 1000 more
-    # head iterations by 1.2 and 0.6 (README). The demo gives CLIP most of its CPU budget (~45 of 57 min on
-    # an ordinary 2-core VM).
+    # head iterations by 1.2 and 0.6 (docs/experiments/2026-12-02-head-and-clip-budget.md). The demo gives
+    # CLIP most of its CPU budget (~45 of 57 min on an ordinary 2-core VM).
     steps: int = 4000
     batch_size: int = 48
     crop_size: int = 64  # crops of the bank's images: ViT cost grows with tokens², the pixel scale stays

@@ -1,7 +1,7 @@
 """Training loop: full-model LSMSeg checkpoints from a segmentation dataset (paper §4.2 defaults).
 
-    lsmseg-train --config configs/vit-b16.yaml iterations=1000 output_dir=runs/try
-    torchrun --nproc-per-node 4 -m training.train --config configs/vit-b16.yaml
+    lsmseg-train --config my-run.yaml iterations=1000 output_dir=runs/try  # YAML of TrainConfig fields
+    torchrun --nproc-per-node 4 -m training.train --config my-run.yaml
     lsmseg-train init=catseg-b16.safetensors fusion=weight sam_checkpoint=sam_vit_l_0b3195.pth  # from CAT-Seg
 
 Single process or torchrun DDP (one process per GPU, gloo on CPU). Resumable: model, optimiser, schedule,
@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model import LSMSeg, add_sam, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
+from model.device import AUTO, resolve_device
 from prompt_cache.modes import class_encoder, recorded_prompt_mode, resolve_prompt_mode
 from training.data import LoaderSpec, training_batches
 from training.loss import class_presence, segmentation_loss
@@ -74,7 +75,7 @@ class TrainConfig:
     output_dir: str = "runs/lsmseg"
     seed: int = 0
     num_workers: int = 4
-    device: str = "auto"
+    device: str = AUTO  # or a torch device such as "cpu", "cuda:1"
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -138,12 +139,11 @@ def _init_distributed(device_kind: str) -> _Distributed:
     return _Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _device(config: TrainConfig, distributed: _Distributed) -> torch.device:
-    kind = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda":
+def _process_device(device: torch.device, distributed: _Distributed) -> torch.device:
+    if device.type == "cuda" and device.index is None:  # torchrun: one GPU per process
         torch.cuda.set_device(distributed.local_rank)
         return torch.device("cuda", distributed.local_rank)
-    return torch.device(kind)
+    return device
 
 
 def _build(config: TrainConfig) -> LSMSeg:
@@ -176,9 +176,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class Trainer:
     def __init__(self, config: TrainConfig, dataset: Any | None = None) -> None:
         self.config = config
-        kind = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.distributed = _init_distributed(kind)
-        self.device = _device(config, self.distributed)
+        device = resolve_device(config.device)
+        self.distributed = _init_distributed(device.type)
+        self.device = _process_device(device, self.distributed)
         torch.manual_seed(config.seed)
         self.output_dir = Path(config.output_dir)
         if self.distributed.main:

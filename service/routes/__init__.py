@@ -1,4 +1,4 @@
-"""HTTP endpoints (design §4), one router per resource, each under its OpenAPI tag."""
+"""HTTP endpoints (docs/api.md), one router per resource, each under its OpenAPI tag."""
 
 from service.routes import operations, segment, vocab
 from service.routes.operations import STATIC_DIR

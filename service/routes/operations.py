@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.exceptions import NOT_READY_RETRY_S
+from service.errors import retry_after
 from service.routes.common import OPEN, RETRY_AFTER, error_responses
 from service.schemas import Health, ModelStatus, Readiness
 from service.state import ServiceState, get_state
@@ -24,11 +24,7 @@ router = APIRouter(tags=["operations"])
 
 
 def _model_status(state: ServiceState) -> ModelStatus | None:
-    info = state.model_info
-    if info is None:
-        return None
-    # The file name only: where the worker keeps its files is nobody else's business.
-    return ModelStatus(**{**info.as_dict(), "path": Path(info.path).name if info.path else None})
+    return state.loaded.status if state.loaded is not None else None
 
 
 @router.get(
@@ -74,7 +70,8 @@ async def readyz(request: Request) -> JSONResponse:
         error=batcher.error,
     )
     ready = batcher.state == "ready"
-    headers = {} if ready else {"Retry-After": str(int(NOT_READY_RETRY_S))}
+    # The wait a refused request would be told: a few seconds while loading, longer once loading failed.
+    headers = {} if ready else retry_after(batcher.not_ready_error().retry_after_s)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=headers)
 
 

@@ -16,12 +16,13 @@ import torch
 from fastapi import Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from prompt_cache.store import TextLookup
+from prompt_cache.store import EmbeddingStore, TextLookup
 from service.answers import json_answer, png_answer
 from service.batcher import Job
 from service.engine import SegmentJob, SegmentOutput
 from service.errors import CLIENT_CLOSED_REQUEST
 from service.images import decode_image
+from service.metrics import DECODE, ENCODE, QUEUE, TEXT
 from service.parsing import read_segment_request
 from service.routes.common import error_responses, protected_router
 from service.schemas import SegmentOptions, SegmentResponse
@@ -71,10 +72,10 @@ async def segment(request: Request) -> Any:
     with state.batcher.admit() as admission:  # 503 now, before anything is read
         image_bytes, options = await read_segment_request(request)
         top_k = options.top_k or state.settings.top_k
-        state.check_top_k(top_k)
+        state.ready_model().engine.segmenter.check_k(top_k)  # UnsupportedK: a 422 (errors.py)
         settings = state.settings
         limits = (settings.max_image_pixels, settings.max_segment_side)
-        decoded = await _timed(timings, "decode", decode_image, image_bytes, *limits)
+        decoded = await _timed(timings, DECODE, decode_image, image_bytes, *limits)
         admission.arriving()
         vocab, text = await _text(state, options, timings)
         state.metrics.vocab_classes.observe(len(vocab.classes))
@@ -82,15 +83,15 @@ async def segment(request: Request) -> Any:
     output = await _wait(state, job, request)
     if output is None:  # the client hung up: nobody is listening
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    timings["queue"] = job.queue_seconds
+    timings[QUEUE] = job.queue_seconds
     for stage, seconds in output.timings.items():
         timings[stage] = timings.get(stage, 0.0) + seconds
     if _prefers_png(request.headers.get("accept")):
-        png = await _timed(timings, "encode", png_answer, decoded, output, vocab, options.overlay)
+        png = await _timed(timings, ENCODE, png_answer, decoded, output, vocab, options.overlay)
         state.metrics.observe_stages(timings)
         headers = {"X-LSMSeg-Vocab-Id": vocab.vocab_id, "X-LSMSeg-Num-Classes": str(len(vocab.classes))}
         return Response(png, media_type="image/png", headers=headers)
-    body = await _timed(timings, "encode", json_answer, decoded, output, vocab, options)
+    body = await _timed(timings, ENCODE, json_answer, decoded, output, vocab, options)
     state.metrics.observe_stages(timings)
     body.timings_ms = {stage: round(seconds * 1000, 3) for stage, seconds in timings.items()}
     body.timings_ms["total"] = round((time.perf_counter() - started) * 1000, 3)
@@ -111,26 +112,26 @@ async def _text(
     """The classes and their C×P×D embeddings: cache tiers in a worker thread, misses on the model thread
     (encoding.py), then written back in a worker thread."""
     start = time.perf_counter()
-    vocab, lookup = await run_in_threadpool(_lookup, state, options)
+    loaded = state.ready_model()
+    vocab, lookup = await run_in_threadpool(_lookup, state, loaded.store, options)
     encoded = None
     if lookup.missing:
-        assert state.engine is not None  # admitted, so the model is ready
         deadline = start + state.settings.request_timeout_s
-        encoded = await state.text_encoder.encode(state.engine.encode_text, lookup.missing, deadline)
-    assert state.store is not None
-    text = await run_in_threadpool(state.store.complete, lookup, encoded)
-    timings["text"] = time.perf_counter() - start
+        encoded = await state.text_encoder.encode(loaded.engine.encode_text, lookup.missing, deadline)
+    text = await run_in_threadpool(loaded.store.complete, lookup, encoded)
+    timings[TEXT] = time.perf_counter() - start
     return vocab, text
 
 
-def _lookup(state: ServiceState, options: SegmentOptions) -> tuple[ResolvedVocab, TextLookup]:
+def _lookup(
+    state: ServiceState, store: EmbeddingStore, options: SegmentOptions
+) -> tuple[ResolvedVocab, TextLookup]:
     if options.vocab_id is not None:
         vocab = state.vocabularies.registered(options.vocab_id)
     else:
         assert options.classes is not None
         vocab = state.vocabularies.inline(options.classes, state.text_encoder.check_room)
-    assert state.store is not None
-    return vocab, state.store.lookup(vocab.prompts.prompts)
+    return vocab, store.lookup(vocab.prompts.prompts)
 
 
 async def _wait(

@@ -1,4 +1,4 @@
-"""The demo checkpoint, from scratch: `python -m training.demo` (fixed seed; 2 CPU cores, README for timings).
+"""The demo checkpoint, from scratch: `python -m training.demo` (fixed seed; 2 CPU cores; docs/demo-model.md).
 
 1. Render synthetic scenes of all 58 classes and pretrain the tiny backbones on them (training/pretrain.py):
    CLIP on image–caption pairs only, SAM's ImageEncoderViT on class-agnostic segment targets.

@@ -1,5 +1,5 @@
-"""Example scenes for the try-it page and the README's first request: synthetic test scenes of the kind the demo
-model knows, each with a class list naming what is in the scene and two classes that are not.
+"""Example scenes for the try-it page and the README's first request: synthetic test scenes of the kind the
+demo model knows, each with a class list naming what is in the scene and two classes that are not.
 
     python -m training.demo.examples      # writes service/static/examples/ (PNGs and examples.json)
 """

@@ -61,11 +61,13 @@ class DemoConfig:
     clip_lr_multiplier: float = 0.1
     warmup_iterations: int = 50
     # CFM k while training: the inference k, as the paper trains. A step costs 0.43x one with every seen class
-    # (k = 48; profiled), so 1000 iterations cost about 0.6x of 700 without it (README, "The demo model").
+    # (k = 48; profiled), so 1000 iterations cost about 0.6x of 700 without it
+    # (docs/experiments/2026-12-02-head-and-clip-budget.md).
     train_k: int = 16
-    # Scale jitter of the training crops (the short side goes to 96 × U(range), then a 96² crop): 0.75–1.3x
-    # the scenes' own 128 px, around the scales the sliding-window evaluation sees them at (1.25x, 160 px) and
-    # its global view (0.75x). CAT-Seg's 0.5–2 would spend a quarter of the crops at below half that scale.
+    # Scale jitter of the training crops: the short side goes to 96 px × U(1, 1.75), i.e. 96–168 px, then a
+    # 96² crop. That is 0.75–1.3x the scenes' own 128 px, around the scales the sliding-window evaluation sees
+    # them at (1.25x, 160 px) and its global view (0.75x). CAT-Seg's 0.5–2 would spend a quarter of the crops
+    # at below half that scale (docs/experiments/2026-12-02-head-and-clip-budget.md).
     train_scale_range: tuple[float, float] = (1.0, 1.75)
     test_images: int | None = None  # None: the whole registry test split
 
