@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
 #
-# The LSMSeg worker: `python -m service` (uvicorn, one model per process) on port 8000.
+# The LSMSeg worker: `python -m lsmseg.service` (uvicorn, one model per process) on port 8000.
 #
 #   docker build -t lsmseg:gpu .                           CUDA (the default)
-#   docker build -t lsmseg:cpu --build-arg VARIANT=cpu .   CPU only; serves the embedded demo checkpoint
+#   docker build -t lsmseg:cpu --build-arg VARIANT=cpu .   CPU only
 #
-# The GPU image holds no weights: they are read from the volume mounted at /models (docs/deployment.md).
+# Both serve the embedded demo checkpoint (package data, 22 MB) when no model is configured; real weights are
+# read from the volume mounted at /models (docs/deployment.md), never downloaded.
 #
 # Why this GPU base: torch and onnxruntime-gpu must agree on one CUDA and one cuDNN. onnxruntime-gpu 1.31 from
 # PyPI is built for CUDA 13.x + cuDNN 9.x, and onnxruntime uses the CUDA/cuDNN libraries torch has loaded when
@@ -23,6 +24,7 @@ WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['onnx']))" > /requirements.txt
+COPY checkpoints/__init__.py checkpoints/demo.safetensors ./checkpoints/
 COPY model ./model
 COPY prompt_cache ./prompt_cache
 COPY service ./service
@@ -70,17 +72,5 @@ EXPOSE 8000
 # Liveness only: /healthz answers within seconds of start and stays 200 while the model loads (readiness is
 # /readyz). Python's urllib: no curl in the image.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "service.probe", "/healthz"]
-CMD ["python", "-m", "service"]
-
-FROM runtime AS final-gpu
-
-FROM runtime AS final-cpu
-# The embedded demo model (≤ 30 MB, trained by training/ on the synthetic set). The installed package cannot
-# find it beside its source as a checkout does, so the path is explicit.
-COPY checkpoints/demo.safetensors /opt/lsmseg/demo.safetensors
-ENV LSMSEG_CHECKPOINT=/opt/lsmseg/demo.safetensors
-
-# The stages above are the only images named with a variable (DL3006 cannot tell a stage from an image).
-# hadolint ignore=DL3006
-FROM final-${VARIANT}
+    CMD ["python", "-m", "lsmseg.service.probe", "/healthz"]
+CMD ["python", "-m", "lsmseg.service"]

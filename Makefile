@@ -46,7 +46,7 @@ $(VENV)/.installed-dev: pyproject.toml $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 serve: $(VENV)/.installed
-	$(BIN)/python -m service
+	$(BIN)/python -m lsmseg.service
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

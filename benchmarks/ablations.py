@@ -1,6 +1,6 @@
 """The paper's ablations (Tables 2, 4, 5, 6) in miniature: seen / unseen mIoU on the synthetic test split.
 
-    python -m training.demo            # first: the demo checkpoint and runs/demo/init.safetensors
+    python -m lsmseg.training.demo            # first: the demo checkpoint and runs/demo/init.safetensors
     python benchmarks/ablations.py     # then this (--train sam fusion: only those retrain; --train: none)
 
 - Table 4, CFM k ∈ {4, 8, 16, all}: inference only, on checkpoints/demo.safetensors; and a pair of short
@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from model import build_model, load_checkpoint, save_checkpoint
-from training.datasets.synthetic import SyntheticScenes
-from training.demo import (
+from lsmseg.model import build_model, load_checkpoint, save_checkpoint
+from lsmseg.training.datasets.synthetic import SyntheticScenes
+from lsmseg.training.demo import (
     DEMO_CHECKPOINT,
     ROOT,
     TEST_DATASET,
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.train:
         if not args.init.is_file():
-            raise SystemExit(f"{args.init} is missing: run `python -m training.demo` first")
+            raise SystemExit(f"{args.init} is missing: run `python -m lsmseg.training.demo` first")
         args.work_dir.mkdir(parents=True, exist_ok=True)
         short = f"short ({args.iterations} it)"
         train_set = RenderedDataset(SyntheticScenes("train", num_images=args.train_images))

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from cfm_latency import DTYPES, device_name, timed  # the sibling script's median-of-repeats timer
 
-from model import build_model, get_config
+from lsmseg.model import build_model, get_config
 
 RESULTS = Path(__file__).parent / "results" / "catseg_latency.json"
 SETTINGS = {"catseg": 256, "lsmseg": 32}  # name -> k

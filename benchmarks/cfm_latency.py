@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model import build_model, get_config
+from lsmseg.model import build_model, get_config
 
 RESULTS = Path(__file__).parent / "results" / "cfm_latency.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

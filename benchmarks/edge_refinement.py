@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model import Segmenter, load_checkpoint
-from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
-from training.datasets.synthetic import SyntheticScenes
-from training.prompts import class_prompts, dataset_descriptions
+from lsmseg.model import Segmenter, load_checkpoint
+from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT
+from lsmseg.training.datasets.synthetic import SyntheticScenes
+from lsmseg.training.prompts import class_prompts, dataset_descriptions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "edge_refinement.json"

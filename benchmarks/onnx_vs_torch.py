@@ -24,8 +24,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from model import LSMSeg, Segmenter, build_model, load_checkpoint
-from model.onnx import OnnxSegmenter, export_onnx
+from lsmseg.model import LSMSeg, Segmenter, build_model, load_checkpoint
+from lsmseg.model.onnx import OnnxSegmenter, export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CHECKPOINT = "checkpoints/demo.safetensors"

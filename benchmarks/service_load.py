@@ -1,7 +1,7 @@
 """The service under load: HTTP overhead over a direct Segmenter call, and throughput with batching on vs off.
 
-One uvicorn worker (`python -m service`) with the default model (the demo checkpoint when present, else the
-seeded random `tiny`), a 640×480 JPEG and 20 classes given inline:
+One uvicorn worker (`python -m lsmseg.service`) with the default model (the demo checkpoint when present, else
+the seeded random `tiny`), a 640×480 JPEG and 20 classes given inline:
   1. latency: p50/p95 of sequential POST /segment requests vs the same model's Segmenter.segment() on the
      decoded image in this process (target: HTTP p50 ≤ 1.10 × direct p50). The two alternate, one call each,
      so that both see the same machine load;
@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prompt_cache import Bank, PromptBuilder
-from service.loader import load_model, plan_model
-from service.settings import Settings
+from lsmseg.prompt_cache import Bank, PromptBuilder
+from lsmseg.service.loader import load_model, plan_model
+from lsmseg.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "service_load.json"
@@ -78,7 +78,7 @@ class DirectSegmenter:
     """The model the server would load, called in this process on the decoded image."""
 
     def __init__(self, jpeg: bytes, classes: list[str]) -> None:
-        from model import Segmenter
+        from lsmseg.model import Segmenter
 
         settings = Settings()
         model, info = load_model(plan_model(settings), settings)
@@ -98,7 +98,7 @@ class DirectSegmenter:
 
 
 class Server:
-    """`python -m service` on a free port with the given LSMSEG_* settings."""
+    """`python -m lsmseg.service` on a free port with the given LSMSEG_* settings."""
 
     def __init__(self, **settings: object) -> None:
         with socket.socket() as sock:
@@ -107,7 +107,7 @@ class Server:
         env = {key: value for key, value in os.environ.items() if not key.startswith("LSMSEG_")}
         env.update({"LSMSEG_PORT": str(self.port), "LSMSEG_LOG_LEVEL": "warning"})
         env.update({f"LSMSEG_{key.upper()}": str(value) for key, value in settings.items()})
-        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+        self.process = subprocess.Popen([sys.executable, "-m", "lsmseg.service"], cwd=ROOT, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 180
         while True:

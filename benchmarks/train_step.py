@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from training.datasets import SyntheticScenes
-from training.train import TrainConfig, Trainer
+from lsmseg.training.datasets import SyntheticScenes
+from lsmseg.training.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results" / "train_step.json"
 PAPER_ITERATIONS = 80_000

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from redis.utils import HIREDIS_AVAILABLE
 
-from model import build_model
-from prompt_cache import KEY_PREFIX, Bank, EmbeddingStore, PromptBuilder, RedisLink
+from lsmseg.model import build_model
+from lsmseg.prompt_cache import KEY_PREFIX, Bank, EmbeddingStore, PromptBuilder, RedisLink
 
 RESULTS = Path(__file__).parent / "results" / "vocab_cache.json"
 EncodeFn = Callable[[list[list[str]]], torch.Tensor]

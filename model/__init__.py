@@ -1,6 +1,6 @@
 """LSMSeg model: pure torch. Public entry points are re-exported here."""
 
-from model.build import (
+from lsmseg.model.build import (
     WeightsNotFoundError,
     add_sam,
     build_model,
@@ -8,14 +8,14 @@ from model.build import (
     load_clip_weights,
     load_sam_weights,
 )
-from model.catseg_import import CatSegImportError, import_catseg
-from model.catseg_protocol import CatSegProtocol
-from model.cfm import Selection, cost_volume, select_categories
-from model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
-from model.config import PRESETS, ClipConfig, HeadConfig, LSMSegConfig, SamConfig, get_config
-from model.edge_refinement import EdgeRefinement
-from model.lsmseg import LSMSeg, LSMSegOutput
-from model.segmenter import Segmentation, SegmentationBatch, Segmenter, UnsupportedK, to_rgb_array
+from lsmseg.model.catseg_import import CatSegImportError, import_catseg
+from lsmseg.model.catseg_protocol import CatSegProtocol
+from lsmseg.model.cfm import Selection, cost_volume, select_categories
+from lsmseg.model.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from lsmseg.model.config import PRESETS, ClipConfig, HeadConfig, LSMSegConfig, SamConfig, get_config
+from lsmseg.model.edge_refinement import EdgeRefinement
+from lsmseg.model.lsmseg import LSMSeg, LSMSegOutput
+from lsmseg.model.segmenter import Segmentation, SegmentationBatch, Segmenter, UnsupportedK, to_rgb_array
 
 __all__ = [
     "PRESETS",

@@ -9,8 +9,8 @@ from pathlib import Path
 import open_clip
 import torch
 
-from model.config import LSMSegConfig, SamConfig, get_config
-from model.lsmseg import LSMSeg
+from lsmseg.model.config import LSMSegConfig, SamConfig, get_config
+from lsmseg.model.lsmseg import LSMSeg
 
 logger = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from model.build import WeightsNotFoundError
-from model.checkpoint import save_checkpoint
-from model.clip_backbone import resize_position_embedding
-from model.config import PRETRAINED, LSMSegConfig, get_config
-from model.lsmseg import LSMSeg
-from model.refinement import shift_window_mask
+from lsmseg.model.build import WeightsNotFoundError
+from lsmseg.model.checkpoint import save_checkpoint
+from lsmseg.model.clip_backbone import resize_position_embedding
+from lsmseg.model.config import PRETRAINED, LSMSegConfig, get_config
+from lsmseg.model.lsmseg import LSMSeg
+from lsmseg.model.refinement import shift_window_mask
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.cfm import Selection
+from lsmseg.model.cfm import Selection
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.build import WeightsNotFoundError, build_model, sam_missing_message
-from model.config import LSMSegConfig
-from model.lsmseg import LSMSeg
+from lsmseg.model.build import WeightsNotFoundError, build_model, sam_missing_message
+from lsmseg.model.config import LSMSegConfig
+from lsmseg.model.lsmseg import LSMSeg
 
 FORMAT = "lsmseg-checkpoint/1"
 _SAM_PREFIX = "sam."

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ClipConfig
-from model.conv_stem import ConvStem
+from lsmseg.model.config import ClipConfig
+from lsmseg.model.conv_stem import ConvStem
 
 
 @dataclass

@@ -361,7 +361,8 @@ PRESETS: dict[str, LSMSegConfig] = {
         cfm_k=8,
     ),
     # The shipped checkpoint (checkpoints/demo.safetensors): trained from scratch on the synthetic scenes by
-    # `python -m training.demo`. 96² input → 12×12 grid; P = 5 (combined + size, shape, texture, colour).
+    # `python -m lsmseg.training.demo`. 96² input → 12×12 grid; P = 5 (combined + size, shape, texture,
+    # colour).
     "demo": LSMSegConfig(
         name="demo",
         image_size=96,

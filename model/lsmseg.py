@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.cfm import Selection, cost_volume, filter_classes
-from model.clip_backbone import ClipBackbone, ClipFeatures
-from model.config import LSMSegConfig
-from model.decoder import GuidedDecoder
-from model.fusion import Fusion
-from model.refinement import RefinementLayer
-from model.sam_backbone import SamBackbone
+from lsmseg.model.cfm import Selection, cost_volume, filter_classes
+from lsmseg.model.clip_backbone import ClipBackbone, ClipFeatures
+from lsmseg.model.config import LSMSegConfig
+from lsmseg.model.decoder import GuidedDecoder
+from lsmseg.model.fusion import Fusion
+from lsmseg.model.refinement import RefinementLayer
+from lsmseg.model.sam_backbone import SamBackbone
 
 Guidance = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 TextInput = torch.Tensor | Sequence[torch.Tensor]

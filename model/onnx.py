@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.cfm import Selection, cost_volume
-from model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
-from model.lsmseg import LSMSeg, TextInput, per_sample
-from model.segmenter import Segmenter, UnsupportedK
-from model.timing import ONNX, StageTimer
+from lsmseg.model.cfm import Selection, cost_volume
+from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
+from lsmseg.model.lsmseg import LSMSeg, TextInput, per_sample
+from lsmseg.model.segmenter import Segmenter, UnsupportedK
+from lsmseg.model.timing import ONNX, StageTimer
 
 logger = logging.getLogger(__name__)
 

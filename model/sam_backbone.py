@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
-from model.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SamConfig
+from lsmseg.model.config import SAM_PIXEL_MEAN, SAM_PIXEL_STD, SamConfig
 
 
 class SamBackbone(nn.Module):

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model.catseg_protocol import CatSegProtocol
-from model.cfm import Selection
-from model.device import resolve_device
-from model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
-from model.lsmseg import LSMSeg, TextInput, per_sample
-from model.timing import CFM, CLIP, POSTPROCESS, REFINE, SAM, StageTimer
+from lsmseg.model.catseg_protocol import CatSegProtocol
+from lsmseg.model.cfm import Selection
+from lsmseg.model.device import resolve_device
+from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT, EdgeRefinement
+from lsmseg.model.lsmseg import LSMSeg, TextInput, per_sample
+from lsmseg.model.timing import CFM, CLIP, POSTPROCESS, REFINE, SAM, StageTimer
 
 ImageLike = np.ndarray | Image.Image
 

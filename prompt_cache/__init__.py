@@ -1,6 +1,6 @@
 """Text side of LSMSeg: attribute prompts per class and their cached text embeddings. No nn.Module here."""
 
-from prompt_cache.errors import (
+from lsmseg.prompt_cache.errors import (
     BankError,
     NameConflictError,
     NotFoundError,
@@ -8,8 +8,8 @@ from prompt_cache.errors import (
     RedisUnavailable,
     ValidationError,
 )
-from prompt_cache.keys import KEY_PREFIX, description_key, embedding_key, vocab_key, vocab_name_key
-from prompt_cache.llm import (
+from lsmseg.prompt_cache.keys import KEY_PREFIX, description_key, embedding_key, vocab_key, vocab_name_key
+from lsmseg.prompt_cache.llm import (
     LLMAnswerError,
     LLMClient,
     LLMError,
@@ -17,7 +17,7 @@ from prompt_cache.llm import (
     LLMRejectedError,
     LLMUnavailableError,
 )
-from prompt_cache.modes import (
+from lsmseg.prompt_cache.modes import (
     CATSEG_TEMPLATE,
     PROMPT_MODES,
     catseg_prompt,
@@ -26,13 +26,13 @@ from prompt_cache.modes import (
     recorded_prompt_mode,
     resolve_prompt_mode,
 )
-from prompt_cache.names import normalise_name, validate_classes
-from prompt_cache.prompt_bank import ATTRIBUTES, PROMPT_VERSION, Bank
-from prompt_cache.prompts import SOURCES, TEMPLATES, PromptBuilder, PromptSet
-from prompt_cache.redis_link import RedisLink
-from prompt_cache.store import EmbeddingStore
-from prompt_cache.tokens import CONTEXT_LENGTH, token_count, truncate
-from prompt_cache.vocab import VocabRegistry, Vocabulary, vocab_id_for
+from lsmseg.prompt_cache.names import normalise_name, validate_classes
+from lsmseg.prompt_cache.prompt_bank import ATTRIBUTES, PROMPT_VERSION, Bank
+from lsmseg.prompt_cache.prompts import SOURCES, TEMPLATES, PromptBuilder, PromptSet
+from lsmseg.prompt_cache.redis_link import RedisLink
+from lsmseg.prompt_cache.store import EmbeddingStore
+from lsmseg.prompt_cache.tokens import CONTEXT_LENGTH, token_count, truncate
+from lsmseg.prompt_cache.vocab import VocabRegistry, Vocabulary, vocab_id_for
 
 __all__ = [
     "ATTRIBUTES",

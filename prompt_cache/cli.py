@@ -24,12 +24,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from prompt_cache.errors import BankError, NotFoundError
-from prompt_cache.llm import LLMAnswerError, LLMClient, LLMError
-from prompt_cache.names import normalise_name
-from prompt_cache.prompt_bank import ATTRIBUTES, PROMPT_VERSION, Bank
-from prompt_cache.prompts import PromptBuilder
-from prompt_cache.tokens import token_count
+from lsmseg.prompt_cache.errors import BankError, NotFoundError
+from lsmseg.prompt_cache.llm import LLMAnswerError, LLMClient, LLMError
+from lsmseg.prompt_cache.names import normalise_name
+from lsmseg.prompt_cache.prompt_bank import ATTRIBUTES, PROMPT_VERSION, Bank
+from lsmseg.prompt_cache.prompts import PromptBuilder
+from lsmseg.prompt_cache.tokens import token_count
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from prompt_cache.modes import DEFAULT_PROMPT_MODE
-from prompt_cache.names import normalise_name
+from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE
+from lsmseg.prompt_cache.names import normalise_name
 
 KEY_PREFIX = "lsmseg:v1:"
 

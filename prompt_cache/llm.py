@@ -18,10 +18,10 @@ from collections.abc import Mapping
 
 import httpx
 
-from prompt_cache.errors import PromptCacheError
-from prompt_cache.names import first_synonym, normalise_name
-from prompt_cache.prompt_bank import ATTRIBUTES
-from prompt_cache.tokens import CONTEXT_LENGTH, token_count
+from lsmseg.prompt_cache.errors import PromptCacheError
+from lsmseg.prompt_cache.names import first_synonym, normalise_name
+from lsmseg.prompt_cache.prompt_bank import ATTRIBUTES
+from lsmseg.prompt_cache.tokens import CONTEXT_LENGTH, token_count
 
 _KEY_ALIASES = {"color": "colour", "comprehensive": "combined"}
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from prompt_cache.errors import ValidationError
+from lsmseg.prompt_cache.errors import ValidationError
 
 MAX_CLASSES = 4096
 MAX_CLASS_CHARS = 200

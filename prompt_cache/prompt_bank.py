@@ -13,8 +13,8 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from prompt_cache.errors import BankError, NotFoundError
-from prompt_cache.names import normalise_name
+from lsmseg.prompt_cache.errors import BankError, NotFoundError
+from lsmseg.prompt_cache.names import normalise_name
 
 ATTRIBUTES = ("combined", "size", "shape", "texture", "colour")
 # Bump when ATTRIBUTES or the LLM request change: cached LLM descriptions are keyed by it.
@@ -25,7 +25,7 @@ class Bank:
     """Vocabularies by name and descriptions by normalised class name, loaded once from JSON files."""
 
     def __init__(self, root: Traversable | Path | None = None) -> None:
-        self.root = root if root is not None else resources.files("prompt_cache") / "bank"
+        self.root = root if root is not None else resources.files("lsmseg.prompt_cache") / "bank"
         self._vocabularies = _load_vocabularies(self.root / "vocabularies")
         self.prompt_version = PROMPT_VERSION
         self._descriptions = _load_descriptions(self.root / "descriptions")

@@ -25,14 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prompt_cache.llm import LLMAnswerError, LLMClient
-from prompt_cache.modes import DEFAULT_PROMPT_MODE, catseg_prompt, check_prompt_mode
-from prompt_cache.names import MAX_CLASSES, ClassList, validate_class_list
-from prompt_cache.prompt_bank import ATTRIBUTES, Bank
-from prompt_cache.tokens import truncate
+from lsmseg.prompt_cache.llm import LLMAnswerError, LLMClient
+from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE, catseg_prompt, check_prompt_mode
+from lsmseg.prompt_cache.names import MAX_CLASSES, ClassList, validate_class_list
+from lsmseg.prompt_cache.prompt_bank import ATTRIBUTES, Bank
+from lsmseg.prompt_cache.tokens import truncate
 
 if TYPE_CHECKING:
-    from prompt_cache.store import EmbeddingStore
+    from lsmseg.prompt_cache.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from prompt_cache.errors import RedisUnavailable
+from lsmseg.prompt_cache.errors import RedisUnavailable
 
 T = TypeVar("T")
 

@@ -22,11 +22,11 @@ from typing import Generic, TypeVar
 
 import torch
 
-from prompt_cache.errors import RedisUnavailable
-from prompt_cache.keys import description_key, embedding_key
-from prompt_cache.modes import DEFAULT_PROMPT_MODE, PROMPT_MODES, EncodeFn
-from prompt_cache.names import normalise_name
-from prompt_cache.redis_link import RedisLink
+from lsmseg.prompt_cache.errors import RedisUnavailable
+from lsmseg.prompt_cache.keys import description_key, embedding_key
+from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE, PROMPT_MODES, EncodeFn
+from lsmseg.prompt_cache.names import normalise_name
+from lsmseg.prompt_cache.redis_link import RedisLink
 
 KEY_CACHE_ITEMS = 1 << 16
 CountListener = Callable[[str, str, int], None]

@@ -25,8 +25,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from prompt_cache.errors import NameConflictError, NotFoundError, RedisUnavailable, ValidationError
-from prompt_cache.keys import (
+from lsmseg.prompt_cache.errors import NameConflictError, NotFoundError, RedisUnavailable, ValidationError
+from lsmseg.prompt_cache.keys import (
     KEY_PREFIX,
     registry_epoch_key,
     sha256_hex,
@@ -34,9 +34,9 @@ from prompt_cache.keys import (
     vocab_key,
     vocab_name_key,
 )
-from prompt_cache.names import MAX_CLASS_CHARS, MAX_CLASSES, ClassList, validate_class_list
-from prompt_cache.prompt_bank import PROMPT_VERSION
-from prompt_cache.redis_link import RedisLink
+from lsmseg.prompt_cache.names import MAX_CLASS_CHARS, MAX_CLASSES, ClassList, validate_class_list
+from lsmseg.prompt_cache.prompt_bank import PROMPT_VERSION
+from lsmseg.prompt_cache.redis_link import RedisLink
 
 logger = logging.getLogger(__name__)
 

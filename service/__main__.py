@@ -1,4 +1,4 @@
-"""`python -m service` / `lsmseg-serve`: one uvicorn worker (one model per process) with the settings.
+"""`python -m lsmseg.service` / `lsmseg-serve`: one uvicorn worker (one model per process) with the settings.
 
 Every setting is an LSMSEG_* environment variable or a flag: `lsmseg-serve --port 9000 --redis-url ...`.
 """
@@ -10,7 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
-from service.settings import Settings
+from lsmseg.service.settings import Settings
 
 
 def main() -> int:
@@ -25,8 +25,8 @@ def main() -> int:
     # Imported only now: torch takes seconds to import, and a typo in a setting should not wait for it.
     import uvicorn
 
-    from service.app import create_app
-    from service.loader import ModelConfigError
+    from lsmseg.service.app import create_app
+    from lsmseg.service.loader import ModelConfigError
 
     try:
         app = create_app(settings)

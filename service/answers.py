@@ -11,9 +11,9 @@ import base64
 
 import numpy as np
 
-from service.engine import SegmentOutput
-from service.images import DecodedImage
-from service.masks import (
+from lsmseg.service.engine import SegmentOutput
+from lsmseg.service.images import DecodedImage
+from lsmseg.service.masks import (
     class_rle,
     compact_labels,
     label_png,
@@ -22,8 +22,8 @@ from service.masks import (
     scale_labels,
     scaled_areas,
 )
-from service.schemas import EncodedImage, Rle, Segment, SegmentOptions, SegmentResponse
-from service.vocabularies import ResolvedVocab
+from lsmseg.service.schemas import EncodedImage, Rle, Segment, SegmentOptions, SegmentResponse
+from lsmseg.service.vocabularies import ResolvedVocab
 
 
 def png_answer(decoded: DecodedImage, output: SegmentOutput, vocab: ResolvedVocab, overlay: bool) -> bytes:

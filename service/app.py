@@ -11,14 +11,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from service.errors import install_error_handlers
-from service.limits import RequestGuardMiddleware
-from service.loader import plan_model
-from service.metrics import RequestMetricsMiddleware
-from service.routes import ROUTERS, STATIC_DIR, TAGS
-from service.schemas import SegmentForm, SegmentJsonRequest
-from service.settings import Settings
-from service.state import ServiceState
+from lsmseg.service.errors import install_error_handlers
+from lsmseg.service.limits import RequestGuardMiddleware
+from lsmseg.service.loader import plan_model
+from lsmseg.service.metrics import RequestMetricsMiddleware
+from lsmseg.service.routes import ROUTERS, STATIC_DIR, TAGS
+from lsmseg.service.schemas import SegmentForm, SegmentJsonRequest
+from lsmseg.service.settings import Settings
+from lsmseg.service.state import ServiceState
 
 API_VERSION = "1.0.0"
 _DESCRIPTION = """Open-vocabulary semantic segmentation (LSMSeg). Send an image and class names (or the id

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model import LSMSeg, Segmenter, UnsupportedK, clip_weights_file
-from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
-from service.loader import ModelConfigError, ModelPlan
-from service.settings import Settings
+from lsmseg.model import LSMSeg, Segmenter, UnsupportedK, clip_weights_file
+from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT
+from lsmseg.service.loader import ModelConfigError, ModelPlan
+from lsmseg.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def build_backend(
             model, device=device, sliding_window=settings.sliding_window, edge_refinement=edge_refinement
         )
         return Backend("torch", segmenter)
-    from model.onnx import OnnxSegmenter, check_graph_k, export_onnx
+    from lsmseg.model.onnx import OnnxSegmenter, check_graph_k, export_onnx
 
     try:  # before a slow export
         check_graph_k(model, settings.top_k)

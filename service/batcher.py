@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from service.exceptions import ModelFailed, NotReady, QueueFull, ShuttingDown, TimedOut, Unavailable
-from service.metrics import Metrics
+from lsmseg.service.exceptions import ModelFailed, NotReady, QueueFull, ShuttingDown, TimedOut, Unavailable
+from lsmseg.service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """A small typed client for the service (httpx). Needs only numpy and Pillow, not torch.
 
-    from service.client import LSMSegClient
+    from lsmseg.service.client import LSMSegClient
 
     with LSMSegClient("http://127.0.0.1:8000") as client:
         result = client.segment("photo.jpg", classes=["cat", "grass", "sky"])

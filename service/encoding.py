@@ -18,9 +18,9 @@ from functools import partial
 
 import torch
 
-from service.batcher import Batcher
-from service.exceptions import EncodingBacklogFull
-from service.metrics import Metrics
+from lsmseg.service.batcher import Batcher
+from lsmseg.service.exceptions import EncodingBacklogFull
+from lsmseg.service.metrics import Metrics
 
 EncodeFn = Callable[[list[list[str]]], torch.Tensor]
 

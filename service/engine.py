@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model import LSMSeg, Segmentation
-from prompt_cache.modes import DEFAULT_PROMPT_MODE, class_encoder
-from service.backends import Backend
+from lsmseg.model import LSMSeg, Segmentation
+from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE, class_encoder
+from lsmseg.service.backends import Backend
 
 logger = logging.getLogger(__name__)
 

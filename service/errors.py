@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from model import UnsupportedK
-from prompt_cache import NameConflictError, NotFoundError, ValidationError
-from prompt_cache.names import EMPTY_CLASS_LIST
-from service.exceptions import BuiltinVocabulary, Unavailable
+from lsmseg.model import UnsupportedK
+from lsmseg.prompt_cache import NameConflictError, NotFoundError, ValidationError
+from lsmseg.prompt_cache.names import EMPTY_CLASS_LIST
+from lsmseg.service.exceptions import BuiltinVocabulary, Unavailable
 
 logger = logging.getLogger(__name__)
 

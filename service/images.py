@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from model import to_rgb_array
-from service.errors import ApiError
+from lsmseg.model import to_rgb_array
+from lsmseg.service.errors import ApiError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import CLOSE_CONNECTION, BodyTimeout, RequestTooLarge, error_response
+from lsmseg.service.errors import CLOSE_CONNECTION, BodyTimeout, RequestTooLarge, error_response
 
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 

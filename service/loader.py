@@ -12,12 +12,19 @@ from pathlib import Path
 
 import torch
 
-from model import LSMSeg, WeightsNotFoundError, build_model, clip_weights_file, load_checkpoint, read_metadata
-from model.config import PRESETS
-from model.device import resolve_device
-from prompt_cache.modes import DEFAULT_PROMPT_MODE, recorded_prompt_mode, resolve_prompt_mode
-from service.schemas import ModelStatus
-from service.settings import DEFAULT_CHECKPOINT, Settings
+from lsmseg.model import (
+    LSMSeg,
+    WeightsNotFoundError,
+    build_model,
+    clip_weights_file,
+    load_checkpoint,
+    read_metadata,
+)
+from lsmseg.model.config import PRESETS
+from lsmseg.model.device import resolve_device
+from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE, recorded_prompt_mode, resolve_prompt_mode
+from lsmseg.service.schemas import ModelStatus
+from lsmseg.service.settings import DEFAULT_CHECKPOINT, Settings
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from model.palette import palette
+from lsmseg.model.palette import palette
 
 MAX_8BIT_CLASSES = 256
 # Level 1 is several times faster than the default 6 and label maps still shrink ~20× at it.

@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.timing import MODEL_STAGES
+from lsmseg.model.timing import MODEL_STAGES
 
 # A request's own stages; the model's (clip, sam, cfm, refine, onnx, postprocess) are in model/timing.py.
 DECODE = "decode"  # image bytes -> pixels

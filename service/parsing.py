@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError as PydanticValidationError
 from starlette.datastructures import UploadFile
 
-from service.errors import ApiError
-from service.images import decode_base64_image
-from service.schemas import SegmentJsonRequest, SegmentOptions
+from lsmseg.service.errors import ApiError
+from lsmseg.service.images import decode_base64_image
+from lsmseg.service.schemas import SegmentJsonRequest, SegmentOptions
 
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"

@@ -1,4 +1,5 @@
-"""`python -m service.probe [PATH]`: exit 0 when the worker on this host answers PATH (default /healthz) 2xx.
+"""`python -m lsmseg.service.probe [PATH]`: exit 0 when the worker on this host answers PATH (default
+/healthz) 2xx.
 
 The container health check: standard library only (no curl in the image, no torch import), port from
 LSMSEG_PORT like the server's own.

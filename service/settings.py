@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The embedded default model, produced by training/ on the synthetic set.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "demo.safetensors"
+# The embedded default model, produced by training/ on the synthetic set: package data of lsmseg.checkpoints,
+# so a checkout and an installed wheel find it alike, from any working directory.
+DEFAULT_CHECKPOINT = Path(str(resources.files("lsmseg.checkpoints") / "demo.safetensors"))
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 

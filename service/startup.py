@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from prompt_cache import Bank, EmbeddingStore, LLMClient, PromptBuilder, RedisLink
-from service.backends import build_backend
-from service.engine import Engine
-from service.loader import ModelPlan, load_model
-from service.metrics import Metrics
-from service.schemas import ModelStatus
-from service.settings import Settings
+from lsmseg.prompt_cache import Bank, EmbeddingStore, LLMClient, PromptBuilder, RedisLink
+from lsmseg.service.backends import build_backend
+from lsmseg.service.engine import Engine
+from lsmseg.service.loader import ModelPlan, load_model
+from lsmseg.service.metrics import Metrics
+from lsmseg.service.schemas import ModelStatus
+from lsmseg.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 

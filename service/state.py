@@ -6,16 +6,16 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from prompt_cache import Bank, RedisLink, VocabRegistry
-from service.batcher import Batcher, RunBatch
-from service.encoding import TextEncoder
-from service.engine import SegmentJob, SegmentOutput
-from service.exceptions import NotReady
-from service.loader import ModelPlan
-from service.metrics import Metrics
-from service.settings import Settings
-from service.startup import LoadedModel, start_model
-from service.vocabularies import Vocabularies
+from lsmseg.prompt_cache import Bank, RedisLink, VocabRegistry
+from lsmseg.service.batcher import Batcher, RunBatch
+from lsmseg.service.encoding import TextEncoder
+from lsmseg.service.engine import SegmentJob, SegmentOutput
+from lsmseg.service.exceptions import NotReady
+from lsmseg.service.loader import ModelPlan
+from lsmseg.service.metrics import Metrics
+from lsmseg.service.settings import Settings
+from lsmseg.service.startup import LoadedModel, start_model
+from lsmseg.service.vocabularies import Vocabularies
 
 
 @dataclass

@@ -14,9 +14,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from prompt_cache import Bank, PromptBuilder, PromptSet, VocabRegistry, Vocabulary, vocab_id_for
-from prompt_cache.names import ClassList, validate_class_list
-from service.exceptions import BuiltinVocabulary, NotReady
+from lsmseg.prompt_cache import Bank, PromptBuilder, PromptSet, VocabRegistry, Vocabulary, vocab_id_for
+from lsmseg.prompt_cache.names import ClassList, validate_class_list
+from lsmseg.service.exceptions import BuiltinVocabulary, NotReady
 
 _PROMPT_SETS_KEPT = 256  # vocabularies whose prompts stay built (an 847-class set takes ~0.3 s to build)
 

@@ -107,7 +107,7 @@ def tiny_model():
     """The `tiny` preset with fixed random weights, in eval mode. Tests must not change it."""
     import torch
 
-    from model import build_model
+    from lsmseg.model import build_model
 
     torch.manual_seed(0)
     return build_model("tiny").eval()
@@ -125,6 +125,6 @@ def tiny_text(tiny_model):
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model, tmp_path_factory):
     """The tiny model exported to ONNX once per session (the export takes tens of seconds)."""
-    from model.onnx import export_onnx
+    from lsmseg.model.onnx import export_onnx
 
     return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")

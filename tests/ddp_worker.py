@@ -7,8 +7,8 @@ from pathlib import Path
 
 from test_train import tiny_config  # this script's folder, tests/, is first on sys.path
 
-from training.datasets import SyntheticScenes
-from training.train import Trainer
+from lsmseg.training.datasets import SyntheticScenes
+from lsmseg.training.train import Trainer
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model import LSMSeg, save_checkpoint
+from lsmseg.model import LSMSeg, save_checkpoint
 
 
 def save_with_prompt_mode(model: LSMSeg, path: Path, mode: str) -> Path:

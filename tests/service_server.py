@@ -1,4 +1,5 @@
-"""The real service (`python -m service`, i.e. uvicorn) in a subprocess on a free port, for service tests."""
+"""The real service (`python -m lsmseg.service`, i.e. uvicorn) in a subprocess on a free port, for service
+tests."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from service.client import LSMSegClient
+from lsmseg.service.client import LSMSegClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120  # imports, the tiny model and its warm-up take ~10 s on two busy cores
@@ -49,7 +50,7 @@ class ServiceProcess:
         env.update({f"LSMSEG_{key.upper()}": str(value) for key, value in self.settings.items()})
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
+            [sys.executable, "-m", "lsmseg.service"],
             cwd=REPO_ROOT,
             env=env,
             stdout=self._log,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from model import build_model, read_metadata, save_checkpoint
-from training.demo import DemoConfig
+from lsmseg.model import build_model, read_metadata, save_checkpoint
+from lsmseg.training.demo import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import LSMSeg, build_model, get_config
-from model.clip_backbone import ClipBackbone
-from model.config import LSMSegConfig
-from model.refinement import ClassRefinement
+from lsmseg.model import LSMSeg, build_model, get_config
+from lsmseg.model.clip_backbone import ClipBackbone
+from lsmseg.model.config import LSMSegConfig
+from lsmseg.model.refinement import ClassRefinement
 
 
 def _images(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from catseg_layout import AGG, CLIP, VIT_B16, VIT_L14_336, Layout, catseg_shapes, catseg_state
 from catseg_reference import catseg_logits
 
-from model import LSMSeg, WeightsNotFoundError, get_config, load_checkpoint, read_metadata
-from model.catseg_import import (
+from lsmseg.model import LSMSeg, WeightsNotFoundError, get_config, load_checkpoint, read_metadata
+from lsmseg.model.catseg_import import (
     CatSegImportError,
     catseg_config,
     import_catseg,
     main,
     write_catseg_checkpoint,
 )
-from model.config import ClipConfig, HeadConfig, LSMSegConfig
-from prompt_cache.modes import recorded_prompt_mode, resolve_prompt_mode
+from lsmseg.model.config import ClipConfig, HeadConfig, LSMSegConfig
+from lsmseg.prompt_cache.modes import recorded_prompt_mode, resolve_prompt_mode
 
 LAYOUT = Layout()
 PAD_LEN = 6
@@ -165,7 +165,7 @@ def test_older_checkpoints_read_as_attribute_prompts(tmp_path: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from model import build_model, save_checkpoint
+    from lsmseg.model import build_model, save_checkpoint
 
     path = save_checkpoint(build_model("tiny"), tmp_path / "tiny.safetensors")
     with safe_open(str(path), framework="pt") as handle:
@@ -286,8 +286,8 @@ def test_an_imported_checkpoint_serves_with_no_other_setting(
 def test_lsmseg_training_from_an_import_starts_exactly_at_it_and_then_moves(
     catseg_file: Path, tmp_path: Path
 ) -> None:
-    from training.datasets import SyntheticScenes
-    from training.train import TrainConfig, Trainer
+    from lsmseg.training.datasets import SyntheticScenes
+    from lsmseg.training.train import TrainConfig, Trainer
 
     path = write_catseg_checkpoint(catseg_file, tmp_path / "catseg-tiny.safetensors", tiny_variant())
     config = TrainConfig(

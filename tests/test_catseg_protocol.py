@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model import CatSegProtocol, EdgeRefinement, LSMSeg, Segmenter, build_model, get_config
+from lsmseg.model import CatSegProtocol, EdgeRefinement, LSMSeg, Segmenter, build_model, get_config
 
 SMALL = CatSegProtocol(short_edge=160, max_size=640, canvas=160, window=96, stride=64)
 

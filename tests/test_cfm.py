@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model import cost_volume, select_categories
-from model.cfm import filter_classes
+from lsmseg.model import cost_volume, select_categories
+from lsmseg.model.cfm import filter_classes
 
 
 def test_noop_when_classes_fit() -> None:

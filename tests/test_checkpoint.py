@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model import (
+from lsmseg.model import (
     LSMSeg,
     WeightsNotFoundError,
     build_model,

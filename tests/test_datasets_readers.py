@@ -9,15 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
-from training.datasets import DATASETS, IGNORE_INDEX, DatasetNotFoundError, EvalTransform, build_dataset
-from training.datasets.synthetic import CLASSES, SEEN_CLASSES
-from training.datasets.voc import (
+from lsmseg.training.datasets import (
+    DATASETS,
+    IGNORE_INDEX,
+    DatasetNotFoundError,
+    EvalTransform,
+    build_dataset,
+)
+from lsmseg.training.datasets.synthetic import CLASSES, SEEN_CLASSES
+from lsmseg.training.datasets.voc import (
     VOC20B_BACKGROUND_CLASSES,
     VOC20B_CATSEG_CLASSES,
     VOC20B_CLASSES,
     collapse_background,
 )
-from training.datasets.vocabularies import load_classes
+from lsmseg.training.datasets.vocabularies import load_classes
 
 # name: (image dir, label dir, label extension, label dtype, raw values to write, expected label values)
 LAYOUTS = {

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.datasets.base import IGNORE_INDEX, Sample, TransformedDataset
-from training.datasets.collate import collate
-from training.datasets.transforms import ColorJitter, EvalTransform, TrainTransform, hflip, resize
+from lsmseg.training.datasets.base import IGNORE_INDEX, Sample, TransformedDataset
+from lsmseg.training.datasets.collate import collate
+from lsmseg.training.datasets.transforms import ColorJitter, EvalTransform, TrainTransform, hflip, resize
 
 NO_JITTER = ColorJitter(0, 0, 0, 0)  # identity (checked below); jitter=None skips it altogether
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import training.probe
-from model import Segmenter, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
-from training.datasets.synthetic import (
+import lsmseg.training.probe
+from lsmseg.model import Segmenter, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
+from lsmseg.training.datasets.synthetic import (
     MATERIALS,
     NATURAL_STUFF,
     SEEN_CLASSES,
@@ -19,7 +19,7 @@ from training.datasets.synthetic import (
     SURFACES,
     SyntheticScenes,
 )
-from training.demo import (
+from lsmseg.training.demo import (
     EVALUATIONS,
     DemoConfig,
     evaluate_test,
@@ -27,17 +27,17 @@ from training.demo import (
     reused_backbones,
     run,
 )
-from training.demo.pipeline import DEMO_DOMAIN
-from training.pretrain import (
+from lsmseg.training.demo.pipeline import DEMO_DOMAIN
+from lsmseg.training.pretrain import (
     ClipPretrainConfig,
     ClipPretrainer,
     SamPretrainConfig,
     SamPretrainer,
     render_scene_bank,
 )
-from training.probe import main as probe_main
-from training.probe import probe, zero_shot_labels
-from training.prompts import class_prompts
+from lsmseg.training.probe import main as probe_main
+from lsmseg.training.probe import probe, zero_shot_labels
+from lsmseg.training.prompts import class_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "checkpoints" / "demo.safetensors"
@@ -73,7 +73,7 @@ def test_demo_checkpoint_is_small_and_has_the_demo_config() -> None:
     metadata = read_metadata(DEMO)
     assert metadata["config"] == get_config("demo")
     assert metadata["includes_sam"] is True  # no official SAM file exists for the demo encoder
-    assert metadata["extra"]["demo"]["command"] == "python -m training.demo"
+    assert metadata["extra"]["demo"]["command"] == "python -m lsmseg.training.demo"
     # Trained on the 48 seen classes with their attribute descriptions (PromptBuilder's "user" source).
     assert metadata["extra"]["classes"] == len(SEEN_CLASSES)
     assert metadata["extra"]["prompt_sources"]["user"] == len(SEEN_CLASSES)
@@ -136,14 +136,14 @@ def test_pretraining_steps_lower_their_losses() -> None:
 
 def test_demo_command_help() -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "training.demo", "--help"],
+        [sys.executable, "-m", "lsmseg.training.demo", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "python -m training.demo" in completed.stdout
+    assert "python -m lsmseg.training.demo" in completed.stdout
 
 
 def test_clip_probe_scores_the_cost_map_alone(demo_model, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -162,7 +162,7 @@ def test_clip_probe_scores_the_cost_map_alone(demo_model, tmp_path: Path, capsys
     assert result["objects"]["shape"] > 0.3
     assert result["objects"]["exact"] <= result["objects"]["shape"]
     # Without --output the JSON goes under runs/probe/ (untracked), named after the checkpoint.
-    monkeypatch.setattr(training.probe, "DEFAULT_OUTPUT_DIR", tmp_path / "runs" / "probe")
+    monkeypatch.setattr(lsmseg.training.probe, "DEFAULT_OUTPUT_DIR", tmp_path / "runs" / "probe")
     probe_main([str(DEMO), "--images", "16"])
     written = json.loads((tmp_path / "runs" / "probe" / "demo.json").read_text())
     assert written["objects"] == result["objects"] and written["mIoU_seen"] == result["mIoU_seen"]
@@ -250,8 +250,8 @@ def test_reused_backbones_sit_in_the_current_preset_with_the_head_a_full_run_wou
 def test_committed_examples_are_the_generators_and_the_demo_model_segments_them(demo_model, tmp_path) -> None:
     from PIL import Image
 
-    from training.demo.examples import _SCALE, EXAMPLES, EXAMPLES_DIR, write_examples
-    from training.prompts import dataset_descriptions
+    from lsmseg.training.demo.examples import _SCALE, EXAMPLES, EXAMPLES_DIR, write_examples
+    from lsmseg.training.prompts import dataset_descriptions
 
     written = write_examples(tmp_path)
     committed = json.loads((EXAMPLES_DIR / "examples.json").read_text())["examples"]

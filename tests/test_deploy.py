@@ -20,13 +20,14 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.config import PRESETS
-from service.metrics import Metrics
-from service.settings import Settings
+from lsmseg.model.config import PRESETS
+from lsmseg.service.metrics import Metrics
+from lsmseg.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 K8S_MONITORING = ROOT / "deploy" / "prometheus"  # the in-cluster Prometheus, its own kustomization
+PACKAGE_FOLDERS = ("checkpoints", "model", "prompt_cache", "service", "training")  # lsmseg.<folder>
 DEMO_CHECKPOINT = "checkpoints/demo.safetensors"
 DEMO_MAX_BYTES = 30 * 2**20
 WORKER_PORT = 8000
@@ -59,7 +60,7 @@ def load_all(path: Path) -> list[dict]:
 @cache
 def app_routes() -> frozenset[str]:
     """The paths of the real app's API, from its OpenAPI schema (building the app loads no model)."""
-    from service.app import create_app
+    from lsmseg.service.app import create_app
 
     app = create_app(Settings(_env_file=None, preset="tiny"))
     return frozenset(app.openapi()["paths"])
@@ -158,7 +159,7 @@ def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context(sou
     assert path.exists(), f"the Dockerfile copies {source}, which does not exist"
     assert not dockerignored(source), f".dockerignore keeps {source} out of the build context"
     if source == DEMO_CHECKPOINT:
-        from model import read_metadata
+        from lsmseg.model import read_metadata
 
         assert path.stat().st_size <= DEMO_MAX_BYTES, f"{source} is over 30 MB"
         assert read_metadata(path)["config"].name == "demo"
@@ -178,8 +179,7 @@ def test_dockerfile_variants_user_healthcheck_and_command():
     args = build_args()
     stages = {arguments.split()[-1] for instruction, arguments in dockerfile() if instruction == "FROM"}
     assert args["VARIANT"] == "gpu"
-    for variant in ("gpu", "cpu"):
-        assert {f"torch-{variant}", f"final-{variant}"} <= stages
+    assert {"torch-gpu", "torch-cpu", "runtime"} <= stages
     # torch and onnxruntime-gpu share the base's CUDA and cuDNN: CUDA 13 + cuDNN 9 for onnxruntime-gpu 1.31.
     assert "cuda13" in args["GPU_BASE"] and "cudnn9" in args["GPU_BASE"] and "runtime" in args["GPU_BASE"]
     from importlib.metadata import PackageNotFoundError, version
@@ -200,11 +200,13 @@ def test_dockerfile_variants_user_healthcheck_and_command():
     assert int(env["LSMSEG_PORT"]) == WORKER_PORT and env["LSMSEG_HOST"] == "0.0.0.0"
     assert ("EXPOSE", str(WORKER_PORT)) in runtime
     healthcheck = next(arguments for instruction, arguments in runtime if instruction == "HEALTHCHECK")
-    assert '"service.probe", "/healthz"' in healthcheck and "/healthz" in app_routes()
-    assert ("CMD", '["python", "-m", "service"]') in runtime
-    cpu_env = env_of(stage("final-cpu"))
-    copied = [arguments.split()[-1] for instruction, arguments in stage("final-cpu") if instruction == "COPY"]
-    assert cpu_env["LSMSEG_CHECKPOINT"] in copied  # the cpu image serves the checkpoint it carries
+    assert '"lsmseg.service.probe", "/healthz"' in healthcheck and "/healthz" in app_routes()
+    assert ("CMD", '["python", "-m", "lsmseg.service"]') in runtime
+    # Both variants serve the demo checkpoint the package carries: it is copied into the wheel's source, and
+    # no image setting points elsewhere.
+    copied = [arguments for instruction, arguments in stage("wheel") if instruction == "COPY"]
+    assert any(DEMO_CHECKPOINT in arguments.split() for arguments in copied)
+    assert "LSMSEG_CHECKPOINT" not in env
 
 
 def test_cpu_stage_pins_the_gpu_bases_torch_release():
@@ -220,7 +222,7 @@ def test_cpu_stage_pins_the_gpu_bases_torch_release():
 
 
 def test_every_piped_run_follows_a_pipefail_shell():
-    for name in ("wheel", "torch-cpu", "runtime", "final-cpu"):
+    for name in ("wheel", "torch-cpu", "runtime"):
         shell_has_pipefail = False
         for instruction, arguments in stage(name):
             if instruction == "SHELL":
@@ -278,7 +280,7 @@ def test_compose_worker_reserves_a_gpu_and_checks_a_real_route():
     env = worker_env(compose()["services"])
     assert all(port.endswith(f":{env['LSMSEG_PORT']}") for port in published)
     test = worker["healthcheck"]["test"]
-    assert test[:4] == ["CMD", "python", "-m", "service.probe"] and test[4] in app_routes()
+    assert test[:4] == ["CMD", "python", "-m", "lsmseg.service.probe"] and test[4] in app_routes()
 
 
 def test_compose_redis_persists_and_evicts_only_expiring_keys():
@@ -325,11 +327,11 @@ def test_compose_cpu_override_runs_the_demo_checkpoint_without_a_gpu():
     assert override["deploy"]["resources"]["reservations"]["devices"] == []  # under !reset
     assert "!reset" in (ROOT / "docker-compose.cpu.yml").read_text()
     env = override["environment"]
-    assert env["LSMSEG_CHECKPOINT"] == env_of(stage("final-cpu"))["LSMSEG_CHECKPOINT"]
     base = worker_env(compose()["services"])
     merged = {k: v for k, v in (base | env).items() if settings_field(k) and v}
     settings = Settings(_env_file=None, **{settings_field(k): v for k, v in merged.items()})
-    assert settings.preset is None and settings.sam_checkpoint is None
+    # Nothing configured: the worker serves the package's embedded demo checkpoint.
+    assert settings.checkpoint is None and settings.preset is None and settings.sam_checkpoint is None
 
 
 def _fake_docker(tmp_path: Path, compose_version: str | None) -> dict[str, str]:
@@ -744,3 +746,58 @@ def test_sdist_and_wheel_pass_twine_check_strict(tmp_path):
     checked = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, files)],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    _check_wheel(next(path for path in files if path.suffix == ".whl"), tmp_path)
+
+
+def _source_files() -> list[str]:
+    """What the wheel must hold, as lsmseg/<path>: every module and data file of the package folders."""
+    wanted = []
+    for folder in PACKAGE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*")):
+            relative = path.relative_to(ROOT).as_posix()
+            if path.is_file() and "__pycache__" not in relative and not relative.endswith(("README.md",)):
+                wanted.append(relative)
+    return wanted
+
+
+def _check_wheel(wheel: Path, tmp_path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        held = set(archive.namelist())
+    missing = [path for path in _source_files() if f"lsmseg/{path}" not in held]
+    assert not missing, f"the wheel lacks {missing[:10]}"
+    assert not any(name.split("/")[0] in PACKAGE_FOLDERS for name in held), "top-level names besides lsmseg"
+    # Installed from the wheel and run from a folder holding a user's own model.py and service.py: the package
+    # still finds itself and its demo checkpoint (the dependencies come from this interpreter's environment).
+    target, elsewhere = tmp_path / "installed", tmp_path / "user-folder"
+    elsewhere.mkdir()
+    for name in ("model.py", "service.py", "training.py", "prompt_cache.py"):
+        (elsewhere / name).write_text("raise SystemExit('a user file was imported')\n")
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target",
+                              str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+    script = (
+        "import lsmseg.service, lsmseg.service.app\n"
+        "from lsmseg.service.loader import plan_model\n"
+        "from lsmseg.service.settings import DEFAULT_CHECKPOINT, Settings\n"
+        "plan = plan_model(Settings(_env_file=None))\n"
+        "print(lsmseg.service.__file__, DEFAULT_CHECKPOINT, plan.source, plan.checkpoint, sep='\\n')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": str(target)})
+    assert run.returncode == 0, run.stdout + run.stderr
+    module, checkpoint, source, planned = run.stdout.split()
+    assert Path(module).is_relative_to(target) and Path(checkpoint).is_relative_to(target)
+    assert (source, planned) == ("checkpoint", checkpoint)  # the demo, not the random fallback
+
+
+def test_setuptools_lists_every_package_folder():
+    config = _pyproject()["tool"]["setuptools"]
+    packages, folders = set(config["packages"]), config["package-dir"]
+    assert set(folders.values()) == set(PACKAGE_FOLDERS)
+    found = set()
+    for name, folder in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join([name, *init.parent.relative_to(ROOT / folder).parts]))
+    assert packages == found

@@ -11,8 +11,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from service.metrics import STAGES
-from service.settings import Settings
+from lsmseg.service.metrics import STAGES
+from lsmseg.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

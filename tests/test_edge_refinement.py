@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import EdgeRefinement, LSMSeg, Segmenter
+from lsmseg.model import EdgeRefinement, LSMSeg, Segmenter
 
 RED, BLUE = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9)
 

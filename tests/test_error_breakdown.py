@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from model import load_checkpoint
-from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
-from training.error_breakdown import ObjectHits, boundary_distance, breakdown, main, majority_vote
-from training.evaluate import EvaluationOptions, evaluate_dataset
+from lsmseg.model import load_checkpoint
+from lsmseg.training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes
+from lsmseg.training.error_breakdown import ObjectHits, boundary_distance, breakdown, main, majority_vote
+from lsmseg.training.evaluate import EvaluationOptions, evaluate_dataset
 
 DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "demo.safetensors"
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from recorded_mode import save_with_prompt_mode
 
-from model import LSMSeg, build_model, get_config, save_checkpoint
-from training.datasets import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
-from training.datasets.voc import VOC20B_CATSEG_CLASSES
-from training.evaluate import EvaluationOptions, evaluate_dataset, main, markdown_table, prompt_classes
+from lsmseg.model import LSMSeg, build_model, get_config, save_checkpoint
+from lsmseg.training.datasets import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
+from lsmseg.training.datasets.voc import VOC20B_CATSEG_CLASSES
+from lsmseg.training.evaluate import EvaluationOptions, evaluate_dataset, main, markdown_table, prompt_classes
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.datasets.base import IGNORE_INDEX
-from training.metrics import ConfusionMatrix, harmonic_mean
+from lsmseg.training.datasets.base import IGNORE_INDEX
+from lsmseg.training.metrics import ConfusionMatrix, harmonic_mean
 
 # 3 classes; the last pixel is ignored.
 LABEL = np.array([0, 0, 1, 1, 2, IGNORE_INDEX])

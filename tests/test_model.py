@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import LSMSeg, build_model, get_config
-from model.fusion import WeightGenerator
+from lsmseg.model import LSMSeg, build_model, get_config
+from lsmseg.model.fusion import WeightGenerator
 
 
 def images(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:

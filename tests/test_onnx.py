@@ -5,8 +5,8 @@ import onnxruntime
 import pytest
 import torch
 
-from model import LSMSeg, Segmenter, UnsupportedK
-from model.onnx import OnnxSegmenter
+from lsmseg.model import LSMSeg, Segmenter, UnsupportedK
+from lsmseg.model.onnx import OnnxSegmenter
 
 
 def run(path, images: torch.Tensor, text: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +64,8 @@ def test_default_providers_prefer_cuda_and_fall_back_to_cpu(tiny_model: LSMSeg, 
 
 
 def test_a_conv_stem_clip_exports_and_matches_torch(tmp_path) -> None:
-    from model import build_model, get_config
-    from model.onnx import export_onnx
+    from lsmseg.model import build_model, get_config
+    from lsmseg.model.onnx import export_onnx
 
     config = get_config("tiny")
     config.clip.conv_stem = (8, 16, 32)  # the demo CLIP's kind of patch embedding

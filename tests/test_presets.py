@@ -6,8 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import PRESETS, LSMSeg, LSMSegConfig, build_model, get_config, load_checkpoint, save_checkpoint
-from model.config import PRETRAINED
+from lsmseg.model import (
+    PRESETS,
+    LSMSeg,
+    LSMSegConfig,
+    build_model,
+    get_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from lsmseg.model.config import PRETRAINED
 
 # Above this many parameters a save/load round trip writes gigabytes: the full-size presets are checked on the
 # meta device (same tensors after JSON) and, for catseg-vit-b16, by the importer's full-size test.

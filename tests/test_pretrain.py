@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from model import get_config
-from training.pretrain import (
+from lsmseg.model import get_config
+from lsmseg.training.pretrain import (
     ClipPretrainConfig,
     ClipPretrainer,
     dense_caption_losses,

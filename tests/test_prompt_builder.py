@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prompt_cache import (
+from lsmseg.prompt_cache import (
     ATTRIBUTES,
     PROMPT_VERSION,
     TEMPLATES,

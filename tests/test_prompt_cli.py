@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from prompt_fake_llm import FakeLLM, Reply, chat_body, good_content
 
-from prompt_cache import ATTRIBUTES, PROMPT_VERSION, Bank
-from prompt_cache.cli import main
+from lsmseg.prompt_cache import ATTRIBUTES, PROMPT_VERSION, Bank
+from lsmseg.prompt_cache.cli import main
 
 BANK = Bank()
 # A user's own vocabulary, in a file; generate skips what the bank already describes ("cat").
@@ -59,7 +59,7 @@ def test_generate_writes_new_classes_and_resumes(
 
     # Second run as a real process with pipes (no tty): it skips the three and asks for the next two.
     env = {**os.environ, "LSMSEG_LLM_URL": fake_llm.url, "LSMSEG_LLM_MODEL": "test-model"}
-    command = [sys.executable, "-m", "prompt_cache.cli", "generate", "--classes", classes_file]
+    command = [sys.executable, "-m", "lsmseg.prompt_cache.cli", "generate", "--classes", classes_file]
     command += ["--limit", "2"]
     done = subprocess.run(
         [*command, "--out", out],

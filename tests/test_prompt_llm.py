@@ -10,7 +10,7 @@ import pytest
 import redis
 from prompt_fake_llm import FakeLLM, Reply, chat_body, good_content
 
-from prompt_cache import (
+from lsmseg.prompt_cache import (
     PROMPT_VERSION,
     Bank,
     EmbeddingStore,

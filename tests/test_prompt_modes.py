@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from recorded_mode import save_with_prompt_mode
 
-from model import LSMSeg, build_model, get_config, read_metadata, save_checkpoint
-from prompt_cache import (
+from lsmseg.model import LSMSeg, build_model, get_config, read_metadata, save_checkpoint
+from lsmseg.prompt_cache import (
     ATTRIBUTES,
     PROMPT_VERSION,
     TEMPLATES,
@@ -24,8 +24,8 @@ from prompt_cache import (
     recorded_prompt_mode,
     resolve_prompt_mode,
 )
-from prompt_cache.names import first_synonym
-from training.prompts import class_prompts
+from lsmseg.prompt_cache.names import first_synonym
+from lsmseg.training.prompts import class_prompts
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import redis
 import torch
 
-from model import build_model
-from prompt_cache import PROMPT_VERSION, EmbeddingStore, RedisLink, embedding_key
+from lsmseg.model import build_model
+from lsmseg.prompt_cache import PROMPT_VERSION, EmbeddingStore, RedisLink, embedding_key
 
 NAMES = ["cat", "dog", "sofa", "wall", "sky", "river", "lamp", "car"]
 

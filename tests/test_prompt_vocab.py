@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from prompt_cache import (
+from lsmseg.prompt_cache import (
     PROMPT_VERSION,
     NameConflictError,
     NotFoundError,

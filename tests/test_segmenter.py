@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model import LSMSeg, Segmenter, to_rgb_array
-from model.device import resolve_device
-from model.timing import StageTimer
+from lsmseg.model import LSMSeg, Segmenter, to_rgb_array
+from lsmseg.model.device import resolve_device
+from lsmseg.model.timing import StageTimer
 
 
 def random_image(height: int, width: int, seed: int) -> np.ndarray:

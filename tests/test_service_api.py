@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as coco_mask
 from service_server import ServiceProcess, image_bytes
 
-from prompt_cache import Bank
-from service.client import LSMSegClient, LSMSegError, read_label_png
-from service.settings import DEFAULT_CHECKPOINT
+from lsmseg.prompt_cache import Bank
+from lsmseg.service.client import LSMSegClient, LSMSegError, read_label_png
+from lsmseg.service.settings import DEFAULT_CHECKPOINT
 
 MAX_REQUEST_BYTES = 4 * 2**20
 

@@ -27,9 +27,9 @@ from conftest import empty_test_db
 from PIL import Image
 from service_server import ServiceProcess, image_bytes
 
-from prompt_cache import Bank
-from service.client import read_label_png
-from service.settings import DEFAULT_CHECKPOINT
+from lsmseg.prompt_cache import Bank
+from lsmseg.service.client import read_label_png
+from lsmseg.service.settings import DEFAULT_CHECKPOINT
 
 BODY_TIMEOUT_S = 2
 

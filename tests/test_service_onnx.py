@@ -24,10 +24,10 @@ from conftest import RedisServer
 from prometheus_client.parser import text_string_to_metric_families
 from service_server import REPO_ROOT, ServiceProcess, free_port, image_bytes
 
-from prompt_cache import Bank, EmbeddingStore, PromptBuilder
-from service.backends import build_backend, cached_graph
-from service.loader import ModelConfigError, ModelPlan
-from service.settings import Settings
+from lsmseg.prompt_cache import Bank, EmbeddingStore, PromptBuilder
+from lsmseg.service.backends import build_backend, cached_graph
+from lsmseg.service.loader import ModelConfigError, ModelPlan
+from lsmseg.service.settings import Settings
 
 EMBEDDING_TTL_S = 3600
 CLASSES = ["wall", "floor", "ceiling", "window", "a purple dinosaur"]
@@ -183,7 +183,7 @@ def test_a_top_k_the_onnx_graph_was_not_exported_with_is_a_422(workers):
 def test_the_container_health_probe_passes_only_on_a_2xx_answer(workers):
     def probe(port: int, *path: str) -> int:
         env = os.environ | {"LSMSEG_PORT": str(port)}
-        command = [sys.executable, "-m", "service.probe", *path]
+        command = [sys.executable, "-m", "lsmseg.service.probe", *path]
         return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, timeout=30).returncode
 
     port = workers["onnx"].port
@@ -200,7 +200,7 @@ def test_onnx_settings_errors_stop_the_server_with_a_clear_message(tmp_path):
     ]
     for settings, message in cases:
         result = subprocess.run(
-            [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env | settings,
+            [sys.executable, "-m", "lsmseg.service"], cwd=REPO_ROOT, env=env | settings,
             capture_output=True, text=True, timeout=120,
         )
         assert result.returncode == 2 and message in result.stderr, result.stderr

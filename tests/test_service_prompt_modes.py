@@ -12,11 +12,11 @@ import torch
 from recorded_mode import save_with_prompt_mode
 from service_server import ServiceProcess, image_bytes
 
-from model import LSMSeg, build_model, get_config, load_checkpoint
-from prompt_cache import PROMPT_MODES, Bank, catseg_prompt, embedding_key, ensemble_encoder
-from prompt_cache.prompts import pick_prompts
-from service.loader import ModelConfigError, plan_model
-from service.settings import Settings
+from lsmseg.model import LSMSeg, build_model, get_config, load_checkpoint
+from lsmseg.prompt_cache import PROMPT_MODES, Bank, catseg_prompt, embedding_key, ensemble_encoder
+from lsmseg.prompt_cache.prompts import pick_prompts
+from lsmseg.service.loader import ModelConfigError, plan_model
+from lsmseg.service.settings import Settings
 
 
 @pytest.fixture(scope="module")

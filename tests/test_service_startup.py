@@ -10,14 +10,19 @@ import httpx
 import pytest
 from service_server import REPO_ROOT, ServiceProcess, image_bytes
 
-from model import build_model, get_config, save_checkpoint
+from lsmseg.model import build_model, get_config, save_checkpoint
 
 
 def _serve(**settings: str) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith("LSMSEG_")}
     env.update({f"LSMSEG_{key.upper()}": value for key, value in settings.items()})
     return subprocess.run(
-        [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lsmseg.service"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

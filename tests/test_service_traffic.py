@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from service_server import ServiceProcess, image_bytes
 
-from service.client import LSMSegClient, LSMSegError
+from lsmseg.service.client import LSMSegClient, LSMSegError
 
 API_KEY = "s3cret-test-key"
 MAX_BATCH = 4

@@ -12,19 +12,19 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from model import WeightsNotFoundError, build_model, get_config, save_checkpoint
-from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
-from service.backends import build_backend
-from service.batcher import Batcher
-from service.client import read_label_png
-from service.errors import ApiError
-from service.exceptions import ModelFailed, QueueFull
-from service.images import decode_base64_image, decode_image
-from service.loader import FALLBACK_PRESET, ModelConfigError, ModelPlan, load_model, plan_model
-from service.masks import class_rle, label_png, overlay_png, palette, scale_labels, scaled_areas
-from service.metrics import Metrics
-from service.routes.segment import _prefers_png
-from service.settings import DEFAULT_CHECKPOINT, Settings
+from lsmseg.model import WeightsNotFoundError, build_model, get_config, save_checkpoint
+from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT
+from lsmseg.service.backends import build_backend
+from lsmseg.service.batcher import Batcher
+from lsmseg.service.client import read_label_png
+from lsmseg.service.errors import ApiError
+from lsmseg.service.exceptions import ModelFailed, QueueFull
+from lsmseg.service.images import decode_base64_image, decode_image
+from lsmseg.service.loader import FALLBACK_PRESET, ModelConfigError, ModelPlan, load_model, plan_model
+from lsmseg.service.masks import class_rle, label_png, overlay_png, palette, scale_labels, scaled_areas
+from lsmseg.service.metrics import Metrics
+from lsmseg.service.routes.segment import _prefers_png
+from lsmseg.service.settings import DEFAULT_CHECKPOINT, Settings
 
 
 @pytest.mark.parametrize(("num_classes", "mode"), [(2, "P"), (256, "P"), (257, "I;16"), (4096, "I;16")])
@@ -168,11 +168,11 @@ def test_without_the_demo_checkpoint_a_random_tiny_model_is_served_with_a_loud_w
 ):
     for name in ("LSMSEG_CHECKPOINT", "LSMSEG_PRESET", "LSMSEG_BACKEND"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("service.loader.DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
+    monkeypatch.setattr("lsmseg.service.loader.DEFAULT_CHECKPOINT", tmp_path / "absent.safetensors")
     plan = plan_model(Settings())
     assert (plan.source, plan.checkpoint, plan.preset) == ("random-fallback", None, FALLBACK_PRESET)
     assert plan.random_weights
-    with caplog.at_level("WARNING", logger="service.loader"):
+    with caplog.at_level("WARNING", logger="lsmseg.service.loader"):
         model, info = load_model(plan, Settings(device="cpu"))
     assert "RANDOM weights" in caplog.text and "absent.safetensors" in caplog.text
     assert model.config.name == FALLBACK_PRESET == "tiny"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from training.datasets.base import IGNORE_INDEX
-from training.datasets.synthetic import (
+from lsmseg.training.datasets.base import IGNORE_INDEX
+from lsmseg.training.datasets.synthetic import (
     ATTRIBUTES,
     CLASSES,
     SEEN_CLASSES,
@@ -26,8 +26,8 @@ from training.datasets.synthetic import (
     object_attribute_accuracy,
     render,
 )
-from training.datasets.synthetic_render import COLOUR_RGB, draw_object
-from training.datasets.transforms import TrainTransform
+from lsmseg.training.datasets.synthetic_render import COLOUR_RGB, draw_object
+from lsmseg.training.datasets.transforms import TrainTransform
 
 TEST = SyntheticScenes("test", num_images=60, image_size=96, seed=3)
 TRAIN = SyntheticScenes("train", num_images=200, image_size=64, seed=3)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from model import Segmenter, load_checkpoint, read_metadata
-from training.data import LoaderSpec, training_batches
-from training.datasets import SyntheticScenes
-from training.datasets.base import IGNORE_INDEX
-from training.loss import class_presence, segmentation_loss
-from training.train import TrainConfig, Trainer
+from lsmseg.model import Segmenter, load_checkpoint, read_metadata
+from lsmseg.training.data import LoaderSpec, training_batches
+from lsmseg.training.datasets import SyntheticScenes
+from lsmseg.training.datasets.base import IGNORE_INDEX
+from lsmseg.training.loss import class_presence, segmentation_loss
+from lsmseg.training.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_ddp_two_processes_on_cpu_keep_identical_weights(tmp_path: Path) -> None
 
 
 def test_warmup_cosine_ramps_up_then_decays_to_zero():
-    from training.schedule import warmup_cosine
+    from lsmseg.training.schedule import warmup_cosine
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
     scheduler = warmup_cosine(optimizer, total_steps=12, warmup_steps=4)
@@ -181,8 +181,8 @@ def test_warmup_cosine_ramps_up_then_decays_to_zero():
 
 
 def test_training_in_ensemble_mode_averages_each_class_sentences_and_records_the_mode(tmp_path: Path) -> None:
-    from model import build_model, get_config, save_checkpoint
-    from prompt_cache.modes import ensemble_encoder
+    from lsmseg.model import build_model, get_config, save_checkpoint
+    from lsmseg.prompt_cache.modes import ensemble_encoder
 
     torch.manual_seed(0)
     single = build_model(get_config("tiny").replace(name="tiny-p1", prompts_per_class=1))

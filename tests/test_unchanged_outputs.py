@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model import build_model, load_checkpoint
+from lsmseg.model import build_model, load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_logits.safetensors"

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.datasets.base import SegmentationDataset
-from training.datasets.transforms import TrainTransform
+from lsmseg.training.datasets.base import SegmentationDataset
+from lsmseg.training.datasets.transforms import TrainTransform
 
 
 @dataclass

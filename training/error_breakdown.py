@@ -1,6 +1,6 @@
 """Where a demo checkpoint loses mIoU on the synthetic test split: at boundaries, or on whole objects.
 
-    python -m training.error_breakdown checkpoints/demo.safetensors --images 200
+    python -m lsmseg.training.error_breakdown checkpoints/demo.safetensors --images 200
 
 One pass of the Segmenter with the sliding window and edge refinement (the demo report's main figures;
 `--no-edge-refinement`: the network's own boundaries), scored three ways: every pixel; without the pixels
@@ -23,13 +23,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import LSMSeg, Segmenter, load_checkpoint
-from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
-from training.datasets.base import IGNORE_INDEX
-from training.datasets.synthetic import SEEN_CLASSES, SyntheticSample, SyntheticScenes, instance_boundaries
-from training.evaluate import EvaluationOptions, seen_indices
-from training.metrics import ConfusionMatrix
-from training.prompts import class_prompts, dataset_descriptions
+from lsmseg.model import LSMSeg, Segmenter, load_checkpoint
+from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT
+from lsmseg.training.datasets.base import IGNORE_INDEX
+from lsmseg.training.datasets.synthetic import (
+    SEEN_CLASSES,
+    SyntheticSample,
+    SyntheticScenes,
+    instance_boundaries,
+)
+from lsmseg.training.evaluate import EvaluationOptions, seen_indices
+from lsmseg.training.metrics import ConfusionMatrix
+from lsmseg.training.prompts import class_prompts, dataset_descriptions
 
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "runs" / "error_breakdown"
 BANDS = (1, 2, 3)  # px left out around label boundaries
@@ -148,7 +153,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m training.error_breakdown",
+        prog="python -m lsmseg.training.error_breakdown",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -25,17 +25,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import LSMSeg, Segmenter, load_checkpoint
-from model.edge_refinement import DEFAULT_EDGE_REFINEMENT
-from model.segmenter import PROTOCOLS
-from prompt_cache.modes import PROMPT_MODES, class_encoder, recorded_prompt_mode, resolve_prompt_mode
-from prompt_cache.names import normalise_name
-from training.datasets import IGNORE_INDEX, SEEN_CLASSES, build_dataset
-from training.datasets.base import SegmentationDataset
-from training.datasets.voc import VOC20B_CATSEG_CLASSES, collapse_background
-from training.datasets.vocabularies import load_classes
-from training.metrics import ConfusionMatrix
-from training.prompts import class_prompts, dataset_descriptions
+from lsmseg.model import LSMSeg, Segmenter, load_checkpoint
+from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT
+from lsmseg.model.segmenter import PROTOCOLS
+from lsmseg.prompt_cache.modes import PROMPT_MODES, class_encoder, recorded_prompt_mode, resolve_prompt_mode
+from lsmseg.prompt_cache.names import normalise_name
+from lsmseg.training.datasets import IGNORE_INDEX, SEEN_CLASSES, build_dataset
+from lsmseg.training.datasets.base import SegmentationDataset
+from lsmseg.training.datasets.voc import VOC20B_CATSEG_CLASSES, collapse_background
+from lsmseg.training.datasets.vocabularies import load_classes
+from lsmseg.training.metrics import ConfusionMatrix
+from lsmseg.training.prompts import class_prompts, dataset_descriptions
 
 
 @dataclass

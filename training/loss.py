@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.datasets.base import IGNORE_INDEX
+from lsmseg.training.datasets.base import IGNORE_INDEX
 
 
 def class_presence(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

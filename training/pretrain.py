@@ -26,11 +26,11 @@ from open_clip.transformer import text_global_pool
 from torch import nn
 from tqdm import tqdm
 
-from model.clip_backbone import build_open_clip
-from model.config import ClipConfig, SamConfig
-from model.sam_backbone import SamBackbone
-from prompt_cache.prompts import TEMPLATES
-from training.datasets.synthetic import (
+from lsmseg.model.clip_backbone import build_open_clip
+from lsmseg.model.config import ClipConfig, SamConfig
+from lsmseg.model.sam_backbone import SamBackbone
+from lsmseg.prompt_cache.prompts import TEMPLATES
+from lsmseg.training.datasets.synthetic import (
     CLASSES,
     ObjectCaptions,
     Scene,
@@ -39,7 +39,7 @@ from training.datasets.synthetic import (
     instance_boundaries,
     scene_caption,
 )
-from training.schedule import warmup_cosine
+from lsmseg.training.schedule import warmup_cosine
 
 # Scenes for pretraining come from the all-classes generator ("test" mode) under their own seed, so they never
 # share an image with the evaluation split (seed 0). 0.2 makes unseen classes about as frequent as seen ones.

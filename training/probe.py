@@ -1,8 +1,8 @@
 """What CLIP's patch features alone know about the synthetic classes: each pixel takes the class whose
 prompts its patch is most similar to (the cost map's argmax, no head), scored on the synthetic test split.
 
-    python -m training.probe runs/demo/init.safetensors   # the pretrained backbones, before LSMSeg training
-    python -m training.probe checkpoints/demo.safetensors  # after it (CLIP q/v tuned)
+    python -m lsmseg.training.probe runs/demo/init.safetensors   # the backbones, before LSMSeg training
+    python -m lsmseg.training.probe checkpoints/demo.safetensors  # after it (CLIP q/v tuned)
 
 The head sees a class only through this cost map, so object shape it cannot find here it cannot segment.
 Prints a Markdown table and writes JSON (default: runs/probe/<checkpoint name>.json, outside tracked folders).
@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import LSMSeg, load_checkpoint
-from model.cfm import cost_volume
-from training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes, object_attribute_accuracy
-from training.evaluate import seen_indices
-from training.metrics import ConfusionMatrix
-from training.prompts import class_prompts, dataset_descriptions
+from lsmseg.model import LSMSeg, load_checkpoint
+from lsmseg.model.cfm import cost_volume
+from lsmseg.training.datasets.synthetic import SEEN_CLASSES, SyntheticScenes, object_attribute_accuracy
+from lsmseg.training.evaluate import seen_indices
+from lsmseg.training.metrics import ConfusionMatrix
+from lsmseg.training.prompts import class_prompts, dataset_descriptions
 
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parents[1] / "runs" / "probe"
 
@@ -79,7 +79,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m training.probe",
+        prog="python -m lsmseg.training.probe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prompt_cache import ATTRIBUTES, Bank, LLMClient, PromptBuilder
-from prompt_cache.modes import DEFAULT_PROMPT_MODE, check_prompt_mode
-from prompt_cache.names import normalise_name
-from prompt_cache.prompts import pick_prompts
+from lsmseg.prompt_cache import ATTRIBUTES, Bank, LLMClient, PromptBuilder
+from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE, check_prompt_mode
+from lsmseg.prompt_cache.names import normalise_name
+from lsmseg.prompt_cache.prompts import pick_prompts
 
 PROMPT_SOURCES = ("bank", "template")
 

@@ -1,7 +1,7 @@
 """Training loop: full-model LSMSeg checkpoints from a segmentation dataset (paper §4.2 defaults).
 
     lsmseg-train --config my-run.yaml iterations=1000 output_dir=runs/try  # YAML of TrainConfig fields
-    torchrun --nproc-per-node 4 -m training.train --config my-run.yaml
+    torchrun --nproc-per-node 4 -m lsmseg.training.train --config my-run.yaml
     lsmseg-train init=catseg-b16.safetensors fusion=weight sam_checkpoint=sam_vit_l_0b3195.pth  # from CAT-Seg
 
 Single process or torchrun DDP (one process per GPU, gloo on CPU). Resumable: model, optimiser, schedule,
@@ -29,13 +29,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import LSMSeg, add_sam, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
-from model.device import AUTO, resolve_device
-from prompt_cache.modes import class_encoder, recorded_prompt_mode, resolve_prompt_mode
-from training.data import LoaderSpec, training_batches
-from training.loss import class_presence, segmentation_loss
-from training.prompts import class_prompts, dataset_descriptions
-from training.schedule import warmup_cosine
+from lsmseg.model import (
+    LSMSeg,
+    add_sam,
+    build_model,
+    get_config,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from lsmseg.model.device import AUTO, resolve_device
+from lsmseg.prompt_cache.modes import class_encoder, recorded_prompt_mode, resolve_prompt_mode
+from lsmseg.training.data import LoaderSpec, training_batches
+from lsmseg.training.loss import class_presence, segmentation_loss
+from lsmseg.training.prompts import class_prompts, dataset_descriptions
+from lsmseg.training.schedule import warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +220,7 @@ class Trainer:
         self.autocast_dtype = self._precision()
 
     def _classes(self) -> list[str]:
-        from training.datasets import build_dataset
+        from lsmseg.training.datasets import build_dataset
 
         if self.dataset is None:
             self.dataset = build_dataset(self.config.dataset, root=self.config.dataset_root)

@@ -1,7 +1,7 @@
 """HTTP endpoints (docs/api.md), one router per resource, each under its OpenAPI tag."""
 
-from service.routes import operations, segment, vocab
-from service.routes.operations import STATIC_DIR
+from lsmseg.service.routes import operations, segment, vocab
+from lsmseg.service.routes.operations import STATIC_DIR
 
 ROUTERS = (segment.router, vocab.router, operations.router)
 TAGS = [

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import ApiError
-from service.schemas import ErrorBody
+from lsmseg.service.errors import ApiError
+from lsmseg.service.schemas import ErrorBody
 
 _bearer = HTTPBearer(auto_error=False, description="needed only when the server sets LSMSEG_API_KEY")
 

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.errors import retry_after
-from service.routes.common import OPEN, RETRY_AFTER, error_responses
-from service.schemas import Health, ModelStatus, Readiness
-from service.state import ServiceState, get_state
+from lsmseg.service.errors import retry_after
+from lsmseg.service.routes.common import OPEN, RETRY_AFTER, error_responses
+from lsmseg.service.schemas import Health, ModelStatus, Readiness
+from lsmseg.service.state import ServiceState, get_state
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # The try-it page loads only its own script and style and talks only to this server.

@@ -16,18 +16,18 @@ import torch
 from fastapi import Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from prompt_cache.store import EmbeddingStore, TextLookup
-from service.answers import json_answer, png_answer
-from service.batcher import Job
-from service.engine import SegmentJob, SegmentOutput
-from service.errors import CLIENT_CLOSED_REQUEST
-from service.images import decode_image
-from service.metrics import DECODE, ENCODE, QUEUE, TEXT
-from service.parsing import read_segment_request
-from service.routes.common import error_responses, protected_router
-from service.schemas import SegmentOptions, SegmentResponse
-from service.state import ServiceState, get_state
-from service.vocabularies import ResolvedVocab
+from lsmseg.prompt_cache.store import EmbeddingStore, TextLookup
+from lsmseg.service.answers import json_answer, png_answer
+from lsmseg.service.batcher import Job
+from lsmseg.service.engine import SegmentJob, SegmentOutput
+from lsmseg.service.errors import CLIENT_CLOSED_REQUEST
+from lsmseg.service.images import decode_image
+from lsmseg.service.metrics import DECODE, ENCODE, QUEUE, TEXT
+from lsmseg.service.parsing import read_segment_request
+from lsmseg.service.routes.common import error_responses, protected_router
+from lsmseg.service.schemas import SegmentOptions, SegmentResponse
+from lsmseg.service.state import ServiceState, get_state
+from lsmseg.service.vocabularies import ResolvedVocab
 
 router = protected_router("segmentation")
 

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from prompt_cache import Vocabulary
-from service.routes.common import error_responses, protected_router
-from service.schemas import PromptSources, VocabCreate, VocabList, VocabOut, VocabSummary
-from service.state import get_state
+from lsmseg.prompt_cache import Vocabulary
+from lsmseg.service.routes.common import error_responses, protected_router
+from lsmseg.service.schemas import PromptSources, VocabCreate, VocabList, VocabOut, VocabSummary
+from lsmseg.service.state import get_state
 
 router = protected_router("vocabularies")
 MAX_PAGE = 1000

@@ -1,6 +1,6 @@
 """Segmentation datasets: benchmark readers (prepared detectron2 layouts), transforms and synthetic scenes."""
 
-from training.datasets.base import (
+from lsmseg.training.datasets.base import (
     IGNORE_INDEX,
     DatasetNotFoundError,
     Sample,
@@ -8,10 +8,10 @@ from training.datasets.base import (
     Transform,
     TransformedDataset,
 )
-from training.datasets.collate import Batch, collate
-from training.datasets.registry import DATASETS, build_dataset
-from training.datasets.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
-from training.datasets.transforms import ColorJitter, EvalTransform, TrainTransform
+from lsmseg.training.datasets.collate import Batch, collate
+from lsmseg.training.datasets.registry import DATASETS, build_dataset
+from lsmseg.training.datasets.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
+from lsmseg.training.datasets.transforms import ColorJitter, EvalTransform, TrainTransform
 
 __all__ = [
     "DATASETS",

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from training.datasets.folder import LabelFolderDataset, dataset_root
-from training.datasets.vocabularies import load_classes
+from lsmseg.training.datasets.folder import LabelFolderDataset, dataset_root
+from lsmseg.training.datasets.vocabularies import load_classes
 
 
 def ade20k_150(root: str | os.PathLike | None = None) -> LabelFolderDataset:

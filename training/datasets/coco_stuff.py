@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from training.datasets.folder import LabelFolderDataset, dataset_root
-from training.datasets.vocabularies import load_classes
+from lsmseg.training.datasets.folder import LabelFolderDataset, dataset_root
+from lsmseg.training.datasets.vocabularies import load_classes
 
 SPLITS = {"train": "train2017", "val": "val2017"}
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.datasets.base import Sample
+from lsmseg.training.datasets.base import Sample
 
 
 @dataclass

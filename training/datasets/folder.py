@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.datasets.base import IGNORE_INDEX, DatasetNotFoundError, Sample
+from lsmseg.training.datasets.base import IGNORE_INDEX, DatasetNotFoundError, Sample
 
 README = "training/datasets/README.md"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from training.datasets.folder import LabelFolderDataset, dataset_root
-from training.datasets.vocabularies import load_classes
+from lsmseg.training.datasets.folder import LabelFolderDataset, dataset_root
+from lsmseg.training.datasets.vocabularies import load_classes
 
 PC459_IGNORE = (459, 65535, -1)
 

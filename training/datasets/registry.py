@@ -6,12 +6,12 @@ import os
 from collections.abc import Callable
 from functools import partial
 
-from training.datasets.ade20k import ade20k_150, ade20k_847
-from training.datasets.base import SegmentationDataset, Transform, TransformedDataset
-from training.datasets.coco_stuff import coco_stuff_171
-from training.datasets.pascal_context import pascal_context_59, pascal_context_459
-from training.datasets.synthetic import SyntheticScenes
-from training.datasets.voc import voc20, voc20b
+from lsmseg.training.datasets.ade20k import ade20k_150, ade20k_847
+from lsmseg.training.datasets.base import SegmentationDataset, Transform, TransformedDataset
+from lsmseg.training.datasets.coco_stuff import coco_stuff_171
+from lsmseg.training.datasets.pascal_context import pascal_context_59, pascal_context_459
+from lsmseg.training.datasets.synthetic import SyntheticScenes
+from lsmseg.training.datasets.voc import voc20, voc20b
 
 Root = str | os.PathLike | None
 

@@ -27,9 +27,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from prompt_cache.prompt_bank import ATTRIBUTES as PROMPT_ATTRIBUTES
-from training.datasets.base import Sample
-from training.datasets.synthetic_render import (
+from lsmseg.prompt_cache.prompt_bank import ATTRIBUTES as PROMPT_ATTRIBUTES
+from lsmseg.training.datasets.base import Sample
+from lsmseg.training.datasets.synthetic_render import (
     COLOUR_RGB,
     SHAPE_MASKS,
     draw_object,

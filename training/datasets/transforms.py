@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from training.datasets.base import IGNORE_INDEX, Sample
+from lsmseg.training.datasets.base import IGNORE_INDEX, Sample
 
 # YIQ: hue is a rotation of the (I, Q) chroma plane, which keeps luma fixed and needs no HSV round trip.
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import TypeVar
 
-from training.datasets.folder import LabelFolderDataset, dataset_root
-from training.datasets.vocabularies import load_classes
+from lsmseg.training.datasets.folder import LabelFolderDataset, dataset_root
+from lsmseg.training.datasets.vocabularies import load_classes
 
 VOC20_CLASSES = load_classes("voc20")
 VOC20B_CLASSES = [*VOC20_CLASSES, "background"]

@@ -1,4 +1,5 @@
-"""The demo checkpoint, from scratch: `python -m training.demo` (fixed seed; 2 CPU cores; docs/demo-model.md).
+"""The demo checkpoint, from scratch: `python -m lsmseg.training.demo` (fixed seed; 2 CPU cores;
+docs/demo-model.md).
 
 1. Render synthetic scenes of all 58 classes and pretrain the tiny backbones on them (training/pretrain.py):
    CLIP on image–caption pairs only, SAM's ImageEncoderViT on class-agnostic segment targets.
@@ -13,7 +14,7 @@ Parts: pipeline.py (the steps and `run`), report.py (evaluation and the Markdown
 example figure), __main__.py (the command line).
 """
 
-from training.demo.pipeline import (
+from lsmseg.training.demo.pipeline import (
     DEMO_CHECKPOINT,
     ROOT,
     DemoConfig,
@@ -23,7 +24,7 @@ from training.demo.pipeline import (
     run,
     train_head,
 )
-from training.demo.report import EVALUATIONS, TEST_DATASET, evaluate_test, markdown_report
+from lsmseg.training.demo.report import EVALUATIONS, TEST_DATASET, evaluate_test, markdown_report
 
 __all__ = [
     "DEMO_CHECKPOINT",

@@ -1,4 +1,4 @@
-"""`python -m training.demo`: the command line of the demo pipeline (training/demo/pipeline.py)."""
+"""`python -m lsmseg.training.demo`: the command line of the demo pipeline (training/demo/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import training.demo
-from training.demo.pipeline import DEMO_CHECKPOINT, REPORT_DIR, ROOT, DemoConfig, run
-from training.demo.report import markdown_report
+import lsmseg.training.demo
+from lsmseg.training.demo.pipeline import DEMO_CHECKPOINT, REPORT_DIR, ROOT, DemoConfig, run
+from lsmseg.training.demo.report import markdown_report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m training.demo",
-        description=training.demo.__doc__,
+        prog="python -m lsmseg.training.demo",
+        description=lsmseg.training.demo.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output", type=Path, default=DEMO_CHECKPOINT, help="checkpoint to write")

@@ -1,7 +1,7 @@
 """Example scenes for the try-it page and the README's first request: synthetic test scenes of the kind the
 demo model knows, each with a class list naming what is in the scene and two classes that are not.
 
-    python -m training.demo.examples      # writes service/static/examples/ (PNGs and examples.json)
+    python -m lsmseg.training.demo.examples      # writes service/static/examples/ (PNGs and examples.json)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.datasets.synthetic import SyntheticScenes
+from lsmseg.training.datasets.synthetic import SyntheticScenes
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "service" / "static" / "examples"
 _SCALE = 2  # 128 px scenes shown at 256 px; nearest-neighbour keeps their edges sharp

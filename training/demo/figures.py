@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from model import LSMSeg, Segmenter
-from model.palette import palette as class_palette
-from training.datasets.base import IGNORE_INDEX
-from training.datasets.synthetic import UNSEEN_CLASSES
-from training.prompts import class_prompts, dataset_descriptions
+from lsmseg.model import LSMSeg, Segmenter
+from lsmseg.model.palette import palette as class_palette
+from lsmseg.training.datasets.base import IGNORE_INDEX
+from lsmseg.training.datasets.synthetic import UNSEEN_CLASSES
+from lsmseg.training.prompts import class_prompts, dataset_descriptions
 
 
 def _colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:

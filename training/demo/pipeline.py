@@ -14,21 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from model import LSMSeg, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
-from training.datasets.base import Sample
-from training.datasets.registry import DATASETS
-from training.datasets.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
-from training.demo.figures import example_figure, pick_example
-from training.demo.report import TEST_DATASET, evaluate_report, markdown_report
-from training.pretrain import (
+from lsmseg.model import LSMSeg, build_model, get_config, load_checkpoint, read_metadata, save_checkpoint
+from lsmseg.training.datasets.base import Sample
+from lsmseg.training.datasets.registry import DATASETS
+from lsmseg.training.datasets.synthetic import SEEN_CLASSES, UNSEEN_CLASSES, SyntheticScenes
+from lsmseg.training.demo.figures import example_figure, pick_example
+from lsmseg.training.demo.report import TEST_DATASET, evaluate_report, markdown_report
+from lsmseg.training.pretrain import (
     ClipPretrainConfig,
     ClipPretrainer,
     SamPretrainConfig,
     SamPretrainer,
     render_scene_bank,
 )
-from training.prompts import dataset_descriptions
-from training.train import TrainConfig, Trainer
+from lsmseg.training.prompts import dataset_descriptions
+from lsmseg.training.train import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "demo.safetensors"
@@ -252,7 +252,7 @@ def run(
     }
     extra = {
         "demo": {
-            "command": "python -m training.demo",
+            "command": "python -m lsmseg.training.demo",
             "seed": config.seed,
             "test": TEST_DATASET,
             **summary,
@@ -263,7 +263,7 @@ def run(
     figure = example_figure(model, test_set, pick_example(test_set), report_dir / "demo_example.png")
     total = pretrain_seconds + time.perf_counter() - after_pretrain
     report = {
-        "command": "python -m training.demo",
+        "command": "python -m lsmseg.training.demo",
         "machine": f"{platform.machine()}, torch {torch.__version__}",
         "config": dataclasses.asdict(config),
         "checkpoint": str(output.relative_to(ROOT) if output.is_relative_to(ROOT) else output),

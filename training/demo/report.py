@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from model import LSMSeg
-from training.datasets.synthetic import SEEN_CLASSES, SHAPES, UNSEEN_CLASSES, object_attribute_accuracy
-from training.evaluate import EvaluationOptions, evaluate_dataset
+from lsmseg.model import LSMSeg
+from lsmseg.training.datasets.synthetic import SEEN_CLASSES, SHAPES, UNSEEN_CLASSES, object_attribute_accuracy
+from lsmseg.training.evaluate import EvaluationOptions, evaluate_dataset
 
 TEST_DATASET = "synthetic-test"
 
