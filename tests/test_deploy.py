@@ -792,6 +792,37 @@ def _check_wheel(wheel: Path, tmp_path: Path) -> None:
     assert (source, planned) == ("checkpoint", checkpoint)  # the demo, not the random fallback
 
 
+_RUNS_A_MODULE = {"find_spec", "import_module", "files", "getLogger", "setattr"}
+
+
+def test_code_reaches_the_package_only_through_the_lsmseg_namespace():
+    """From the checkout's root `model`, `service`, … also import as top-level packages, so a leftover old
+    name would pass every other test here and fail in an installed wheel."""
+    import ast
+
+    old = re.compile(rf"^({'|'.join(PACKAGE_FOLDERS)})(\.|$)")
+    found = []
+    for folder in (*PACKAGE_FOLDERS, "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Call):
+                    called = getattr(node.func, "attr", getattr(node.func, "id", ""))
+                    if called in _RUNS_A_MODULE:
+                        names = [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+                elif isinstance(node, ast.List):  # argv lists: [sys.executable, "-m", "service"]
+                    items = [item.value if isinstance(item, ast.Constant) else None for item in node.elts]
+                    names = [items[i + 1] for i, item in enumerate(items[:-1]) if item == "-m"]
+                found += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                          if isinstance(name, str) and old.match(name)]
+    assert not found, f"old top-level names: {found[:10]}"
+
+
 def test_setuptools_lists_every_package_folder():
     config = _pyproject()["tool"]["setuptools"]
     packages, folders = set(config["packages"]), config["package-dir"]

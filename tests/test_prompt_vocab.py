@@ -120,7 +120,7 @@ def test_a_new_process_sees_what_was_registered(redis_url: str) -> None:
     vocab = VocabRegistry(redis_url).register(["person", "bicycle, bike"], name="street-scene")
     reader = (
         "import json, sys\n"
-        "from prompt_cache.vocab import VocabRegistry\n"
+        "from lsmseg.prompt_cache.vocab import VocabRegistry\n"
         "v = VocabRegistry(sys.argv[1]).get('street-scene')\n"
         "print(json.dumps([v.vocab_id, v.name, list(v.classes), v.created]))\n"
     )

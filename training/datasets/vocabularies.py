@@ -10,7 +10,7 @@ from pathlib import Path
 
 def vocabulary_dir() -> Path:
     # find_spec locates the package without importing it: prompt_cache/__init__ pulls in Redis clients etc.
-    spec = importlib.util.find_spec("prompt_cache")
+    spec = importlib.util.find_spec("lsmseg.prompt_cache")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("package prompt_cache (part of lsmseg) is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "bank" / "vocabularies"
