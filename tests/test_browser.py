@@ -213,9 +213,7 @@ def test_segment_shows_the_overlay_legend_and_timings(page, server, shapes_png):
     assert page.eval_on_selector("#overlay", "image => image.src").startswith("blob:")
     page.check("#show-overlay")
     assert page.eval_on_selector("#overlay", "image => image.src").startswith("data:image/png")
-    shot = _screenshot(page, "segment-desktop.png")
-    if os.environ.get("LSMSEG_UPDATE_DOCS_SCREENSHOT"):  # the README's picture, in 64 colours
-        Image.open(shot).convert("RGB").quantize(colors=64).save(DOCS_SCREENSHOT, optimize=True)
+    _screenshot(page, "segment-desktop.png")
 
 
 @pytest.mark.parametrize(
@@ -381,6 +379,10 @@ def test_an_example_is_one_click_and_the_page_says_what_the_model_knows(page, se
     expect(page.locator("#result")).to_be_visible()
     image = httpx.get(f"{server.url}/static/examples/{first['file']}").content
     assert (body["width"], body["height"]) == Image.open(io.BytesIO(image)).size
+    expect(page.locator("#legend tbody tr")).to_have_count(len(body["segments"]))
+    shot = _screenshot(page, "example-desktop.png")
+    if os.environ.get("LSMSEG_UPDATE_DOCS_SCREENSHOT"):  # the README's picture, in 64 colours
+        Image.open(shot).convert("RGB").quantize(colors=64).save(DOCS_SCREENSHOT, optimize=True)
     # The demo checkpoint knows synthetic scenes; the page says so and how to get a model of real photos.
     domain = httpx.get(server.url + "/readyz").json()["model"]["domain"]
     notice = page.locator("#model-notice")
