@@ -4,10 +4,9 @@ A request first takes a place (`admit`) — before its body is read — so that 
 once (QueueFull, a 503 with Retry-After) instead of after reading, decoding and resolving it. `queue_size`
 bounds the admitted requests the model thread has not taken yet: those being read and decoded, and those
 queued. Once decoded, a request counts as arriving (`Admission.arriving`); then it is submitted. The model
-thread takes
-the oldest queued request and waits until `max_batch` are there, or nothing more is arriving, or `max_wait_s`
-has passed since that oldest one was queued, then runs them as one batch: a lone request never pays
-`max_wait_s`, and a slow upload, not yet decoded, delays nobody's batch.
+thread takes the oldest queued request and waits until `max_batch` are there, or nothing more is arriving, or
+`max_wait_s` has passed since that oldest one was queued, then runs them as one batch: a lone request never
+pays `max_wait_s`, and a slow upload, not yet decoded, delays nobody's batch.
 Other model work (`between_batches`, e.g. encoding one chunk of new class names) runs when no batch is ready,
 and alternately with batches while both wait, so neither starves the other.
 The model is touched by this thread only (it loads it too), so nothing else needs a lock around it. A request
@@ -111,7 +110,7 @@ class Batcher(Generic[P, R]):
         with self._condition:
             if self._stopping:
                 raise ShuttingDown()
-            waiting = len(self._queue) + self._admitted
+            waiting = self.depth
             if waiting >= self.queue_size:
                 self.metrics.rejected.labels("queue_full").inc()
                 raise QueueFull(
@@ -191,7 +190,7 @@ class Batcher(Generic[P, R]):
             self._arriving -= 1
 
     def _publish_depth(self) -> None:
-        self.metrics.queue_depth.set(len(self._queue) + self._admitted)
+        self.metrics.queue_depth.set(self.depth)
 
     # Model thread ----------------------------------------------------------------------------------------
     def start(self, startup: Callable[[], RunBatch]) -> None:
@@ -286,7 +285,7 @@ class Batcher(Generic[P, R]):
         _resolve(work.future, work.loop, result)
 
     def _retry_after_s(self) -> float:
-        batches_ahead = (len(self._queue) + self._admitted) / self.max_batch + 1
+        batches_ahead = self.depth / self.max_batch + 1
         return batches_ahead * max(self._batch_seconds, 0.1)
 
 
