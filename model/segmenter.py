@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -246,43 +246,49 @@ class Segmenter:
         self, images: Sequence[ImageLike], text: TextInput, k: int | None = None
     ) -> SegmentationBatch:
         """Segment a batch. text: one C×P×D vocabulary for all images, or one per image (sizes may differ)."""
+        results: dict[int, Segmentation] = {}
+        timings: dict[str, float] = {}
+        for index, segmentation, so_far in self.segment_each(images, text, k):
+            results[index], timings = segmentation, so_far
+        return SegmentationBatch(results=[results[index] for index in range(len(images))], timings=timings)
+
+    @torch.inference_mode()
+    def segment_each(
+        self, images: Sequence[ImageLike], text: TextInput, k: int | None = None
+    ) -> Iterator[tuple[int, Segmentation, dict[str, float]]]:
+        """As segment(), but each image's result as soon as its label map is done, the fewest pixels first:
+        (its index in `images`, its segmentation, seconds per stage of the batch so far). The model runs the
+        batch at once; label maps are per image and grow with its size, so a batch's small images need not
+        wait for a large one's."""
         if not images:
-            return SegmentationBatch(results=[])
+            return
         arrays = [to_rgb_array(image) for image in images]
         texts = [t.to(self.device) for t in per_sample(text, len(arrays))]
+        order = sorted(range(len(arrays)), key=lambda index: arrays[index].shape[0] * arrays[index].shape[1])
         timer = StageTimer(self.device)
+        if self.catseg is not None:
+            # One image at a time, as CAT-Seg evaluates: its views are the batch.
+            for index in order:
+                probs, classes = self._catseg_probabilities(arrays[index], texts[index], k, timer)
+                with timer.stage(POSTPROCESS):
+                    result = self._label_map(probs[None], classes, arrays[index], texts[index].shape[0])
+                yield index, result, timer.seconds()
+            return
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         with autocast:
-            if self.catseg is not None:
-                return self._segment_catseg(arrays, texts, k, timer)
             if self.sliding_window:
                 batch = self._tensor(arrays, self.sliding_size)
                 probs, selection = self._sliding_probabilities(batch, texts, k, timer)
             else:
                 batch = self._tensor(arrays, self.image_size)
                 probs, selection = self._probabilities(batch, None, texts, k, timer)
-        with timer.stage(POSTPROCESS):
-            results = [
-                self._label_map(
-                    probs[index][selection.mask[index]][None],
-                    selection.indices[index][selection.mask[index]],
-                    array,
-                    texts[index].shape[0],
-                )
-                for index, array in enumerate(arrays)
-            ]
-        return SegmentationBatch(results=results, timings=timer.seconds())
-
-    def _segment_catseg(
-        self, arrays: list[np.ndarray], texts: list[torch.Tensor], k: int | None, timer: StageTimer
-    ) -> SegmentationBatch:
-        # One image at a time, as CAT-Seg evaluates: its views are the batch.
-        results = []
-        for array, text in zip(arrays, texts, strict=True):
-            probs, classes = self._catseg_probabilities(array, text, k, timer)
+        for index in order:
+            kept, classes = selection.mask[index], texts[index].shape[0]
             with timer.stage(POSTPROCESS):
-                results.append(self._label_map(probs[None], classes, array, text.shape[0]))
-        return SegmentationBatch(results=results, timings=timer.seconds())
+                result = self._label_map(
+                    probs[index][kept][None], selection.indices[index][kept], arrays[index], classes
+                )
+            yield index, result, timer.seconds()
 
 
 def _catseg_protocol(protocol: str | CatSegProtocol) -> CatSegProtocol | None:

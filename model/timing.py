@@ -3,7 +3,8 @@ request's own: decode, queue, text, encode).
 
 On a GPU a stage's kernels are still running when its Python code returns. Synchronising after every stage
 would time them exactly but stall the pipeline between stages, in production, for every batch; instead each
-stage is bracketed by two CUDA events recorded in the stream, and the batch waits for them once, at the end.
+stage is bracketed by two CUDA events recorded in the stream, read once per image, after its label map has
+come back to the host (the GPU is past them by then).
 On the CPU work is done when the call returns, so the wall clock times it.
 """
 
@@ -25,7 +26,7 @@ MODEL_STAGES = (CLIP, SAM, CFM, REFINE, ONNX, POSTPROCESS)
 
 
 class StageTimer:
-    """Adds up the time of named stages for one batch on one device; read the totals once, at its end."""
+    """Adds up the time of named stages for one batch on one device; read the totals when a result is out."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -47,7 +48,7 @@ class StageTimer:
         self._events.append((name, begin, end))
 
     def seconds(self) -> dict[str, float]:
-        """Seconds per stage, in the order the stages first ran (waits until the GPU has run them all)."""
+        """Seconds per stage so far, in the order the stages first ran (waits until the GPU has run them)."""
         totals = dict(self._wall)
         for name, begin, end in self._events:
             end.synchronize()  # a no-op once the GPU is past it, so the batch waits about once

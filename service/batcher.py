@@ -6,7 +6,8 @@ bounds the admitted requests the model thread has not taken yet: those being rea
 queued. Once decoded, a request counts as arriving (`Admission.arriving`); then it is submitted. The model
 thread takes the oldest queued request and waits until `max_batch` are there, or nothing more is arriving, or
 `max_wait_s` has passed since that oldest one was queued, then runs them as one batch: a lone request never
-pays `max_wait_s`, and a slow upload, not yet decoded, delays nobody's batch.
+pays `max_wait_s`, and a slow upload, not yet decoded, delays nobody's batch. Each request of a batch is
+answered as soon as its own result is out (a small image's label map need not wait for a large one's).
 Other model work (`between_batches`, e.g. encoding one chunk of new class names) runs when no batch is ready,
 and alternately with batches while both wait, so neither starves the other.
 The model is touched by this thread only (it loads it too), so nothing else needs a lock around it. A request
@@ -21,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -33,7 +34,8 @@ logger = logging.getLogger(__name__)
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
-RunBatch = Callable[[Sequence[P]], Sequence[R | BaseException]]
+# A batch function gives each payload's result, by its position, as soon as it has it (in any order).
+RunBatch = Callable[[Sequence[P]], Iterable[tuple[int, R | BaseException]]]
 
 
 @dataclass(eq=False)
@@ -266,13 +268,18 @@ class Batcher(Generic[P, R]):
         for job in batch:
             job.started = start
         self.metrics.batch_size.observe(len(batch))
+        waiting = dict(enumerate(batch))
         try:
-            results = list(run_batch([job.payload for job in batch]))
-        except Exception as exc:  # a bug in the batch function: fail these requests, keep serving
+            for index, result in run_batch([job.payload for job in batch]):
+                job = waiting.pop(index)
+                _resolve(job.future, job.loop, result)  # answered now, not when its batch-mates are done
+        except Exception as exc:  # a bug in the batch function: fail the unanswered requests, keep serving
             logger.exception("batch of %d failed", len(batch))
-            results = [exc] * len(batch)
-        for job, result in zip(batch, results, strict=True):
-            _resolve(job.future, job.loop, result)
+            failure: BaseException = exc
+        else:
+            failure = RuntimeError("the batch function gave no result for this request")
+        for job in waiting.values():
+            _resolve(job.future, job.loop, failure)
         elapsed = time.perf_counter() - start
         previous = self._batch_seconds or elapsed
         self._batch_seconds = 0.8 * previous + 0.2 * elapsed

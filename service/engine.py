@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,7 @@ class SegmentJob:
 @dataclass(frozen=True)
 class SegmentOutput:
     segmentation: Segmentation
-    timings: dict[str, float]  # seconds per model stage (model/timing.py) of the whole batch
+    timings: dict[str, float]  # seconds per model stage (model/timing.py) of the batch until this result
     batch_size: int
 
 
@@ -58,41 +58,42 @@ class Engine:
         self.segmenter.segment([image], text)
         logger.info("warm-up done in %.2f s", time.perf_counter() - start)
 
-    def run(self, jobs: Sequence[SegmentJob]) -> list[SegmentOutput | BaseException]:
-        timings: dict[str, float] = {}
+    def run(self, jobs: Sequence[SegmentJob]) -> Iterator[tuple[int, SegmentOutput | BaseException]]:
+        """Each job's result, by its position in `jobs`, as soon as it is ready (the batcher answers it)."""
         groups: dict[int | None, list[int]] = {}
         for index, job in enumerate(jobs):
             groups.setdefault(job.top_k, []).append(index)
-        results: list[SegmentOutput | BaseException | None] = [None] * len(jobs)
+        earlier: dict[str, float] = {}  # stage seconds of the groups run already: later jobs waited for them
         for top_k, indices in groups.items():
-            self._segment(jobs, indices, top_k, timings, results)
-        return [
-            SegmentOutput(result, timings, len(jobs)) if isinstance(result, Segmentation) else result
-            for result in results
-        ]
+            group: dict[str, float] = {}
+            for index, result, so_far in self._segment(jobs, indices, top_k):
+                if isinstance(result, BaseException):
+                    yield index, result
+                    continue
+                group = so_far
+                yield index, SegmentOutput(result, _added(earlier, so_far), len(jobs))
+            earlier = _added(earlier, group)
 
     def _segment(
-        self,
-        jobs: Sequence[SegmentJob],
-        indices: list[int],
-        top_k: int | None,
-        timings: dict[str, float],
-        results: list,
-    ) -> None:
+        self, jobs: Sequence[SegmentJob], indices: list[int], top_k: int | None
+    ) -> Iterator[tuple[int, Segmentation | BaseException, dict[str, float]]]:
         images = [jobs[index].image for index in indices]
         text = [jobs[index].text for index in indices]
+        answered: set[int] = set()
         try:
-            batch = self.segmenter.segment(images, text, k=top_k)
+            for position, segmentation, timings in self.segmenter.segment_each(images, text, k=top_k):
+                answered.add(indices[position])
+                yield indices[position], segmentation, timings
         except Exception as exc:
             if len(indices) == 1:
-                results[indices[0]] = exc
+                yield indices[0], exc, {}
                 return
-            # One bad sample must not fail its neighbours: retry one by one.
+            # One bad sample must not fail its neighbours: retry the unanswered ones one by one.
             logger.warning("batch of %d failed (%s); retrying one by one", len(indices), exc)
             for index in indices:
-                self._segment(jobs, [index], top_k, timings, results)
-            return
-        for stage, seconds in batch.timings.items():
-            timings[stage] = timings.get(stage, 0.0) + seconds
-        for index, segmentation in zip(indices, batch.results, strict=True):
-            results[index] = segmentation
+                if index not in answered:
+                    yield from self._segment(jobs, [index], top_k)
+
+
+def _added(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:
+    return {stage: first.get(stage, 0.0) + second.get(stage, 0.0) for stage in {**first, **second}}

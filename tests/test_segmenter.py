@@ -59,6 +59,24 @@ def test_batching_matches_one_image_at_a_time(tiny_model: LSMSeg, tiny_text) -> 
     assert set(np.unique(together[1].label_map)) <= {0, 1, 2}
 
 
+@pytest.mark.parametrize("protocol", ["lsmseg", "catseg"])
+def test_segment_each_gives_the_fewest_pixels_first_with_the_batch_results(
+    tiny_model: LSMSeg, tiny_text, protocol: str
+) -> None:
+    segmenter = Segmenter(tiny_model, device="cpu", protocol=protocol)
+    images = [random_image(300, 280, 7), random_image(40, 30, 8), random_image(90, 100, 9)]
+    together = segmenter.segment(images, tiny_text)
+    each = list(segmenter.segment_each(images, tiny_text))
+    assert [index for index, _, _ in each] == [1, 2, 0]
+    for index, result, _ in each:
+        assert result.label_map.shape == images[index].shape[:2]
+        np.testing.assert_array_equal(result.label_map, together.results[index].label_map)
+        np.testing.assert_allclose(result.scores, together.results[index].scores, atol=1e-6)
+    postprocess = [timings["postprocess"] for _, _, timings in each]
+    assert 0 < postprocess[0] < postprocess[1] < postprocess[2]  # each result's time is the batch's so far
+    assert set(each[-1][2]) == set(together.timings)
+
+
 def test_sliding_window_covers_the_image_and_uses_one_class_set(tiny_model: LSMSeg, tiny_text) -> None:
     segmenter = Segmenter(tiny_model, device="cpu", sliding_window=True)
     assert segmenter.window_stride == 40 and segmenter.sliding_size == 104  # 64 + stride, patch multiples

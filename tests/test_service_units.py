@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from lsmseg.model import WeightsNotFoundError, build_model, get_config, save_checkpoint
+from lsmseg.model import Segmenter, WeightsNotFoundError, build_model, get_config, save_checkpoint
 from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT
-from lsmseg.service.backends import build_backend
+from lsmseg.service.backends import Backend, build_backend
 from lsmseg.service.batcher import Batcher
 from lsmseg.service.client import read_label_png
+from lsmseg.service.engine import Engine, SegmentJob, SegmentOutput
 from lsmseg.service.errors import ApiError
 from lsmseg.service.exceptions import ModelFailed, QueueFull
 from lsmseg.service.images import decode_base64_image, decode_image
@@ -208,6 +209,55 @@ def test_the_model_status_names_the_checkpoint_file_but_not_where_it_is_kept(tmp
     assert "kept" not in status.model_dump_json()
 
 
+# Engine -----------------------------------------------------------------------------------------------------
+def _rgb(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_the_engine_answers_the_smallest_image_of_a_group_first_and_later_groups_count_earlier_ones(
+    tiny_model, tiny_text
+):
+    engine = Engine(tiny_model, Backend("torch", Segmenter(tiny_model, device="cpu")))
+    jobs = [
+        SegmentJob(_rgb(240, 200, 0), tiny_text, None),
+        SegmentJob(_rgb(30, 20, 1), tiny_text, None),
+        SegmentJob(_rgb(50, 40, 2), tiny_text, 3),  # another k: a second model call
+    ]
+    answers = list(engine.run(jobs))
+    assert [index for index, _ in answers] == [1, 0, 2]
+    outputs = [output for _, output in answers]
+    assert all(isinstance(output, SegmentOutput) and output.batch_size == 3 for output in outputs)
+    for (_, output), job in zip(sorted(answers, key=lambda answer: answer[0]), jobs, strict=True):
+        alone = engine.segmenter.segment([job.image], job.text, k=job.top_k).results[0]
+        assert (output.segmentation.label_map == alone.label_map).mean() > 0.999  # batched: float noise
+    small, large, other_k = (output.timings for output in outputs)
+    assert small["postprocess"] < large["postprocess"]  # the small one did not wait for the large label map
+    assert other_k["clip"] > large["clip"]  # it waited for the first model call, and its own
+    assert len(outputs[2].segmentation.selected) == 3
+
+
+def test_a_failing_image_fails_alone_and_its_unanswered_neighbours_are_retried(tiny_model, tiny_text):
+    segmenter = Segmenter(tiny_model, device="cpu")
+    label_map = segmenter._label_map
+
+    def breaks_on_odd_sizes(probs, classes, image, num_classes):
+        if image.shape[0] == 77:
+            raise RuntimeError("this image's label map broke")
+        return label_map(probs, classes, image, num_classes)
+
+    segmenter._label_map = breaks_on_odd_sizes  # type: ignore[method-assign]
+    engine = Engine(tiny_model, Backend("torch", segmenter))
+    sizes = [(20, 20), (77, 80), (200, 90)]
+    jobs = [SegmentJob(_rgb(*size, seed), tiny_text, None) for seed, size in enumerate(sizes)]
+    answers = list(engine.run(jobs))
+    assert sorted(index for index, _ in answers) == [0, 1, 2]  # each answered once
+    results = dict(answers)
+    assert isinstance(results[1], RuntimeError) and "broke" in str(results[1])
+    for index in (0, 2):
+        assert isinstance(results[index], SegmentOutput)
+        assert results[index].segmentation.label_map.shape == jobs[index].image.shape[:2]
+
+
 # Batcher ----------------------------------------------------------------------------------------------------
 def _started_batcher(run=None, **options: object) -> tuple[Batcher, list[list[int]]]:
     """A ready batcher whose batches multiply by 10 and are recorded (or are run by `run`)."""
@@ -215,7 +265,7 @@ def _started_batcher(run=None, **options: object) -> tuple[Batcher, list[list[in
 
     def times_ten(payloads):
         seen.append(list(payloads))
-        return [payload * 10 for payload in payloads]
+        return enumerate(payload * 10 for payload in payloads)
 
     def startup():
         return run or times_ten
@@ -311,12 +361,67 @@ def test_admitted_requests_count_against_the_queue_until_they_leave():
         batcher.stop()
 
 
+def test_each_request_of_a_batch_is_answered_as_soon_as_its_own_result_is_out():
+    second_answered = threading.Event()
+    answered_while_running: list[bool] = []
+
+    def slow_first(payloads):
+        yield 1, payloads[1] * 10
+        # The first job's result is still being made: the second's client has its answer already.
+        answered_while_running.append(second_answered.wait(5))
+        yield 0, payloads[0] * 10
+
+    batcher, _ = _started_batcher(max_batch=2, max_wait_s=5.0, queue_size=2, run=slow_first)
+
+    async def scenario() -> list[int]:
+        with batcher.admit() as place:
+            place.arriving()
+            first = batcher.admit().submit(1)
+            second = place.submit(2)
+        result = await second.future
+        second_answered.set()
+        assert not first.future.done()
+        return [await first.future, result]
+
+    try:
+        assert asyncio.run(scenario()) == [10, 20]
+        assert answered_while_running == [True]
+    finally:
+        batcher.stop()
+
+
+def test_a_batch_that_fails_midway_keeps_the_answers_it_gave_and_fails_the_rest():
+    def fails_after_one(payloads):
+        yield 0, payloads[0] * 10
+        raise RuntimeError("the second label map broke")
+
+    def forgets_one(payloads):
+        return [(0, payloads[0] * 10)]
+
+    async def scenario(batcher: Batcher) -> tuple[int, BaseException | None]:
+        with batcher.admit() as place:
+            place.arriving()
+            first = batcher.admit().submit(1)
+            second = place.submit(2)
+        results = await asyncio.gather(first.future, second.future, return_exceptions=True)
+        return results[0], results[1]
+
+    for run, message in ((fails_after_one, "the second label map broke"), (forgets_one, "gave no result")):
+        batcher, _ = _started_batcher(max_batch=2, max_wait_s=5.0, queue_size=2, run=run)
+        try:
+            first_result, second_result = asyncio.run(scenario(batcher))
+            assert first_result == 10
+            assert isinstance(second_result, RuntimeError) and message in str(second_result)
+        finally:
+            batcher.stop()
+
+
 def test_work_between_batches_alternates_with_batches():
     order: list[str] = []
 
     def record(payloads):
         order.append(f"batch {payloads[0]}")
-        return payloads
+        return enumerate(payloads)
 
     batcher, _ = _started_batcher(max_batch=1, max_wait_s=0.0, queue_size=8, run=record)
 
