@@ -12,6 +12,12 @@ from pydantic import ValidationError
 
 from lsmseg.service.settings import Settings
 
+# The model thread releases the GIL inside every torch call and must take it back before the next one;
+# while the event loop runs Python (h11, JSON), that wait is up to the switch interval, 5 ms by default, per
+# call. Edge refinement alone makes ~700 calls an image, so under load small requests' model time doubled.
+# At 0.5 ms the poisoned p95 of benchmarks/service_load.py fell from ~390 to ~240 ms (docs/benchmarks.md).
+_GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 def main() -> int:
     try:
@@ -33,6 +39,7 @@ def main() -> int:
     except ModelConfigError as exc:
         print(f"lsmseg-serve: cannot start: {exc}", file=sys.stderr)
         return 2
+    sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
     # One worker on purpose: the model lives in this process, and batching needs all requests in one place.
     uvicorn.run(
         app,
