@@ -10,6 +10,7 @@ Dilations 1, 2, 4 reach 14 px in three cheap passes (an edge-avoiding à-trous s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,15 +39,20 @@ class EdgeRefinement:
         scale = min(1.0, self.max_side / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def __call__(self, probs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, probs: torch.Tensor, image: torch.Tensor, between_passes: Callable[[], object] | None = None
+    ) -> torch.Tensor:
         """probs: K×H×W class scores; image: 3×H×W float RGB in [0, 1], same H×W. Returns K×H×W, each pixel
-        a convex combination of its taps' scores (so per-pixel sums and the value range are kept)."""
+        a convex combination of its taps' scores (so per-pixel sums and the value range are kept).
+        `between_passes()`, when given, is called after each pass but the last: a chance to run other work."""
         if probs.shape[-2:] != image.shape[-2:] or image.shape[0] != 3:
             raise ValueError(f"probs {tuple(probs.shape)} and image {tuple(image.shape)} do not match")
         image = image.to(probs.dtype)
         height, width = probs.shape[-2:]
         scale = -0.5 / self.sigma_colour**2
-        for dilation in self.dilations:
+        for number, dilation in enumerate(self.dilations):
+            if number and between_passes is not None:
+                between_passes()
             # Padded once per pass (borders repeated); each tap is then a view into the padded maps.
             pad = self.radius * dilation
             padded_probs = F.pad(probs[None], (pad,) * 4, mode="replicate")[0]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from lsmseg.model.lsmseg import LSMSeg, TextInput, per_sample
 from lsmseg.model.timing import CFM, CLIP, POSTPROCESS, REFINE, SAM, StageTimer
 
 ImageLike = np.ndarray | Image.Image
+BetweenSteps = Callable[[int], object]  # called with a label map's pixels between the steps of making it
 
 # Upsampling every class map to a large photo at once can take gigabytes; classes go through in groups.
 _UPSAMPLE_CLASS_GROUP = 8
@@ -212,34 +214,45 @@ class Segmenter:
             return self.catseg.combine(probs, selection)
 
     def _label_map(
-        self, probs: torch.Tensor, classes: torch.Tensor, image: np.ndarray, num_classes: int
+        self,
+        probs: torch.Tensor,
+        classes: torch.Tensor,
+        image: np.ndarray,
+        num_classes: int,
+        timer: StageTimer,
+        between_steps: BetweenSteps | None,
     ) -> Segmentation:
-        """probs 1×K×s×s of the K classes `classes` -> the label map at the image's size."""
+        """probs 1×K×s×s of the K classes `classes` -> the label map at the image's size, timed as POSTPROCESS
+        except `between_steps`, called with its pixels between edge-refinement passes and class groups."""
         height, width = image.shape[:2]
-        if self.edge_refinement is not None:
-            size = self.edge_refinement.working_size(height, width)
-            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-            probs = self.edge_refinement(probs[0], self._tensor([image], size)[0])[None]
-        best = probs.new_full((height, width), -2.0)
-        winner = torch.zeros((height, width), dtype=torch.long, device=probs.device)
-        for start in range(0, probs.shape[1], _UPSAMPLE_CLASS_GROUP):
-            group = probs[:, start : start + _UPSAMPLE_CLASS_GROUP]
-            if group.shape[-2:] != (height, width):
-                group = F.interpolate(group, size=(height, width), mode="bilinear", align_corners=False)
-            value, position = group[0].max(dim=0)
-            better = value > best
-            best = torch.where(better, value, best)
-            winner = torch.where(better, position + start, winner)
-        labels = classes[winner]
-        areas = torch.bincount(labels.flatten(), minlength=num_classes)
-        sums = torch.bincount(labels.flatten(), weights=best.flatten().double(), minlength=num_classes)
-        scores = (sums / areas.clamp(min=1)).float()
-        return Segmentation(
-            label_map=labels.to(torch.int32).cpu().numpy(),
-            scores=scores.cpu().numpy(),
-            areas=areas.cpu().numpy(),
-            selected=classes.cpu().numpy(),
-        )
+        step = partial(timer.aside, partial(between_steps, height * width)) if between_steps else None
+        with timer.stage(POSTPROCESS):
+            if self.edge_refinement is not None:
+                size = self.edge_refinement.working_size(height, width)
+                probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+                probs = self.edge_refinement(probs[0], self._tensor([image], size)[0], step)[None]
+            best = probs.new_full((height, width), -2.0)
+            winner = torch.zeros((height, width), dtype=torch.long, device=probs.device)
+            for start in range(0, probs.shape[1], _UPSAMPLE_CLASS_GROUP):
+                if step is not None:
+                    step()
+                group = probs[:, start : start + _UPSAMPLE_CLASS_GROUP]
+                if group.shape[-2:] != (height, width):
+                    group = F.interpolate(group, size=(height, width), mode="bilinear", align_corners=False)
+                value, position = group[0].max(dim=0)
+                better = value > best
+                best = torch.where(better, value, best)
+                winner = torch.where(better, position + start, winner)
+            labels = classes[winner]
+            areas = torch.bincount(labels.flatten(), minlength=num_classes)
+            sums = torch.bincount(labels.flatten(), weights=best.flatten().double(), minlength=num_classes)
+            scores = (sums / areas.clamp(min=1)).float()
+            return Segmentation(
+                label_map=labels.to(torch.int32).cpu().numpy(),
+                scores=scores.cpu().numpy(),
+                areas=areas.cpu().numpy(),
+                selected=classes.cpu().numpy(),
+            )
 
     @torch.inference_mode()
     def segment(
@@ -254,12 +267,18 @@ class Segmenter:
 
     @torch.inference_mode()
     def segment_each(
-        self, images: Sequence[ImageLike], text: TextInput, k: int | None = None
+        self,
+        images: Sequence[ImageLike],
+        text: TextInput,
+        k: int | None = None,
+        between_steps: BetweenSteps | None = None,
     ) -> Iterator[tuple[int, Segmentation, dict[str, float]]]:
         """As segment(), but each image's result as soon as its label map is done, the fewest pixels first:
         (its index in `images`, its segmentation, seconds per stage of the batch so far). The model runs the
         batch at once; label maps are per image and grow with its size, so a batch's small images need not
-        wait for a large one's."""
+        wait for a large one's. A label map is made in steps, and `between_steps(pixels)`, when given, is
+        called between them with the map's pixels: the caller may run other work there (a server, smaller
+        requests), which the stage times do not count."""
         if not images:
             return
         arrays = [to_rgb_array(image) for image in images]
@@ -270,8 +289,8 @@ class Segmenter:
             # One image at a time, as CAT-Seg evaluates: its views are the batch.
             for index in order:
                 probs, classes = self._catseg_probabilities(arrays[index], texts[index], k, timer)
-                with timer.stage(POSTPROCESS):
-                    result = self._label_map(probs[None], classes, arrays[index], texts[index].shape[0])
+                array, num_classes = arrays[index], texts[index].shape[0]
+                result = self._label_map(probs[None], classes, array, num_classes, timer, between_steps)
                 yield index, result, timer.seconds()
             return
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -283,11 +302,11 @@ class Segmenter:
                 batch = self._tensor(arrays, self.image_size)
                 probs, selection = self._probabilities(batch, None, texts, k, timer)
         for index in order:
-            kept, classes = selection.mask[index], texts[index].shape[0]
-            with timer.stage(POSTPROCESS):
-                result = self._label_map(
-                    probs[index][kept][None], selection.indices[index][kept], arrays[index], classes
-                )
+            kept = selection.mask[index]
+            classes = selection.indices[index][kept]
+            result = self._label_map(
+                probs[index][kept][None], classes, arrays[index], texts[index].shape[0], timer, between_steps
+            )
             yield index, result, timer.seconds()
 
 

@@ -11,7 +11,7 @@ On the CPU work is done when the call returns, so the wall clock times it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -32,19 +32,45 @@ class StageTimer:
         self.device = device
         self._wall: dict[str, float] = {}
         self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self._current: tuple[str, float | torch.cuda.Event] | None = None  # the open stage, since when
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if self.device.type != "cuda":
-            start = time.perf_counter()
+        self._open(name)
+        try:
             yield
-            self._wall[name] = self._wall.get(name, 0.0) + time.perf_counter() - start
+        finally:
+            self._close()
+
+    def aside(self, call: Callable[[], object]) -> None:
+        """Run `call` without counting it in the stage now open (other work done in the middle of it)."""
+        if self._current is None:
+            call()
             return
-        stream = torch.cuda.current_stream(self.device)
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record(stream)
-        yield
-        end.record(stream)
+        name = self._current[0]
+        self._close()
+        try:
+            call()
+        finally:
+            self._open(name)
+
+    def _open(self, name: str) -> None:
+        if self.device.type != "cuda":
+            self._current = (name, time.perf_counter())
+            return
+        begin = torch.cuda.Event(enable_timing=True)
+        begin.record(torch.cuda.current_stream(self.device))
+        self._current = (name, begin)
+
+    def _close(self) -> None:
+        assert self._current is not None
+        name, begin = self._current
+        self._current = None
+        if isinstance(begin, float):
+            self._wall[name] = self._wall.get(name, 0.0) + time.perf_counter() - begin
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(torch.cuda.current_stream(self.device))
         self._events.append((name, begin, end))
 
     def seconds(self) -> dict[str, float]:

@@ -7,7 +7,10 @@ queued. Once decoded, a request counts as arriving (`Admission.arriving`); then 
 thread takes the oldest queued request and waits until `max_batch` are there, or nothing more is arriving, or
 `max_wait_s` has passed since that oldest one was queued, then runs them as one batch: a lone request never
 pays `max_wait_s`, and a slow upload, not yet decoded, delays nobody's batch. Each request of a batch is
-answered as soon as its own result is out (a small image's label map need not wait for a large one's).
+answered as soon as its own result is out (a small image's label map need not wait for a large one's), and
+a running batch lets queued requests that cost less than what it is doing go first, at its safe points
+(`serve_cheaper`): a large photo's label map does not hold up the small requests that came meanwhile, while
+requests of one size never overtake each other (so batches stay full under steady load).
 Other model work (`between_batches`, e.g. encoding one chunk of new class names) runs when no batch is ready,
 and alternately with batches while both wait, so neither starves the other.
 The model is touched by this thread only (it loads it too), so nothing else needs a lock around it. A request
@@ -34,8 +37,9 @@ logger = logging.getLogger(__name__)
 P = TypeVar("P")
 R = TypeVar("R")
 T = TypeVar("T")
-# A batch function gives each payload's result, by its position, as soon as it has it (in any order).
-RunBatch = Callable[[Sequence[P]], Iterable[tuple[int, R | BaseException]]]
+# A batch function gives each payload's result, by its position, as soon as it has it (in any order), and
+# calls its second argument now and then with the cost of what it is doing (Batcher.serve_cheaper).
+RunBatch = Callable[[Sequence[P], Callable[[int], None]], Iterable[tuple[int, R | BaseException]]]
 
 
 @dataclass(eq=False)
@@ -86,7 +90,14 @@ class Admission(Generic[P, R]):
 class Batcher(Generic[P, R]):
     """`startup()` runs first on the model thread and returns the function that processes a batch."""
 
-    def __init__(self, max_batch: int, max_wait_s: float, queue_size: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        queue_size: int,
+        metrics: Metrics,
+        cost: Callable[[P], int] | None = None,
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
@@ -102,6 +113,9 @@ class Batcher(Generic[P, R]):
         self._work_turn = False  # after a batch, waiting work goes first
         self._thread: threading.Thread | None = None
         self._batch_seconds = 0.0  # moving average, for Retry-After estimates
+        self._cost = cost  # of a request, in serve_cheaper's unit; None: requests never overtake
+        self._run_batch: RunBatch | None = None
+        self._overtaking = False  # a batch of cheaper requests is running inside another one
 
     # Event-loop side -------------------------------------------------------------------------------------
     def admit(self) -> Admission[P, R]:
@@ -221,6 +235,7 @@ class Batcher(Generic[P, R]):
             self.state = "failed"
             logger.error("model start-up failed: %s", self.error, exc_info=exc)
             return
+        self._run_batch = run_batch
         self.state = "ready"
         logger.info("model ready")
         while True:
@@ -230,7 +245,7 @@ class Batcher(Generic[P, R]):
             if isinstance(task, _Work):
                 self._run_work(task)
             elif task:
-                self._run(run_batch, task)
+                self._run(task)
 
     def _next_task(self) -> list[Job[P, R]] | _Work | None:
         """The next batch (up to max_batch live jobs, once it is full, nothing more is arriving, or the
@@ -244,7 +259,7 @@ class Batcher(Generic[P, R]):
                     return self._work.popleft()
                 if self._queue:
                     wait_s = self._queue[0].enqueued + self.max_wait_s - time.perf_counter()
-                    if len(self._queue) >= self.max_batch or not self._arriving or wait_s <= 0:
+                    if self._ready(len(self._queue), wait_s):
                         self._work_turn = True
                         return self._pop_batch()
                     if self._work:  # use the wait for company
@@ -253,6 +268,9 @@ class Batcher(Generic[P, R]):
                 else:
                     self._condition.wait()
             return None
+
+    def _ready(self, queued: int, wait_s: float) -> bool:
+        return queued >= self.max_batch or not self._arriving or wait_s <= 0
 
     def _pop_batch(self) -> list[Job[P, R]]:
         batch = []
@@ -263,14 +281,40 @@ class Batcher(Generic[P, R]):
         self._publish_depth()
         return batch
 
-    def _run(self, run_batch: RunBatch, batch: list[Job[P, R]]) -> None:
+    def serve_cheaper(self, cost: int) -> None:
+        """Called by the running batch, on the model thread, between the steps of work that costs `cost`:
+        queued requests that each cost less run now, as a batch of their own (one level deep), when they
+        would form a batch anyway; the running one then goes on."""
+        if self._cost is None or self._overtaking:
+            return
+        with self._condition:
+            cheaper = [job for job in self._queue if self._cost(job.payload) < cost]
+            if not cheaper:
+                return
+            wait_s = cheaper[0].enqueued + self.max_wait_s - time.perf_counter()
+            if not self._ready(len(cheaper), wait_s):
+                return
+            batch = [job for job in cheaper[: self.max_batch] if not job.future.cancelled()]
+            for job in cheaper[: self.max_batch]:
+                self._queue.remove(job)
+            self._publish_depth()
+        if not batch:
+            return
+        self._overtaking = True
+        try:
+            self._run(batch)
+        finally:
+            self._overtaking = False
+
+    def _run(self, batch: list[Job[P, R]]) -> None:
         start = time.perf_counter()
         for job in batch:
             job.started = start
         self.metrics.batch_size.observe(len(batch))
         waiting = dict(enumerate(batch))
         try:
-            for index, result in run_batch([job.payload for job in batch]):
+            assert self._run_batch is not None
+            for index, result in self._run_batch([job.payload for job in batch], self.serve_cheaper):
                 job = waiting.pop(index)
                 _resolve(job.future, job.loop, result)  # answered now, not when its batch-mates are done
         except Exception as exc:  # a bug in the batch function: fail the unanswered requests, keep serving

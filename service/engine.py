@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from lsmseg.model import LSMSeg, Segmentation
+from lsmseg.model.segmenter import BetweenSteps
 from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE, class_encoder
 from lsmseg.service.backends import Backend
 
@@ -26,6 +27,11 @@ class SegmentJob:
     image: np.ndarray  # H×W×3 uint8
     text: torch.Tensor  # C×P×D embeddings of the image's vocabulary
     top_k: int | None
+
+    @property
+    def pixels(self) -> int:
+        """What its label map costs, in the unit Segmenter.segment_each's between_steps is given."""
+        return self.image.shape[0] * self.image.shape[1]
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,18 @@ class Engine:
         self.segmenter.segment([image], text)
         logger.info("warm-up done in %.2f s", time.perf_counter() - start)
 
-    def run(self, jobs: Sequence[SegmentJob]) -> Iterator[tuple[int, SegmentOutput | BaseException]]:
-        """Each job's result, by its position in `jobs`, as soon as it is ready (the batcher answers it)."""
+    def run(
+        self, jobs: Sequence[SegmentJob], between_steps: BetweenSteps | None = None
+    ) -> Iterator[tuple[int, SegmentOutput | BaseException]]:
+        """Each job's result, by its position in `jobs`, as soon as it is ready (the batcher answers it).
+        `between_steps` is the batcher's chance to serve smaller requests while a label map is made."""
         groups: dict[int | None, list[int]] = {}
         for index, job in enumerate(jobs):
             groups.setdefault(job.top_k, []).append(index)
         earlier: dict[str, float] = {}  # stage seconds of the groups run already: later jobs waited for them
         for top_k, indices in groups.items():
             group: dict[str, float] = {}
-            for index, result, so_far in self._segment(jobs, indices, top_k):
+            for index, result, so_far in self._segment(jobs, indices, top_k, between_steps):
                 if isinstance(result, BaseException):
                     yield index, result
                     continue
@@ -75,13 +84,18 @@ class Engine:
             earlier = _added(earlier, group)
 
     def _segment(
-        self, jobs: Sequence[SegmentJob], indices: list[int], top_k: int | None
+        self,
+        jobs: Sequence[SegmentJob],
+        indices: list[int],
+        top_k: int | None,
+        between_steps: BetweenSteps | None,
     ) -> Iterator[tuple[int, Segmentation | BaseException, dict[str, float]]]:
         images = [jobs[index].image for index in indices]
         text = [jobs[index].text for index in indices]
         answered: set[int] = set()
+        results = self.segmenter.segment_each(images, text, top_k, between_steps)
         try:
-            for position, segmentation, timings in self.segmenter.segment_each(images, text, k=top_k):
+            for position, segmentation, timings in results:
                 answered.add(indices[position])
                 yield indices[position], segmentation, timings
         except Exception as exc:
@@ -92,7 +106,7 @@ class Engine:
             logger.warning("batch of %d failed (%s); retrying one by one", len(indices), exc)
             for index in indices:
                 if index not in answered:
-                    yield from self._segment(jobs, [index], top_k)
+                    yield from self._segment(jobs, [index], top_k, between_steps)
 
 
 def _added(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:

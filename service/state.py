@@ -46,7 +46,11 @@ class ServiceState:
             registry, self.bank, settings.max_classes, settings.max_class_name_length
         )
         self.batcher = Batcher(
-            settings.max_batch, settings.max_wait_ms / 1000, settings.queue_size, self.metrics
+            settings.max_batch,
+            settings.max_wait_ms / 1000,
+            settings.queue_size,
+            self.metrics,
+            cost=lambda job: job.pixels,  # smaller images overtake a large one's label map
         )
         self.text_encoder = TextEncoder(
             self.batcher, self.metrics, settings.text_chunk_classes, settings.text_backlog_classes

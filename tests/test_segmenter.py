@@ -77,6 +77,23 @@ def test_segment_each_gives_the_fewest_pixels_first_with_the_batch_results(
     assert set(each[-1][2]) == set(together.timings)
 
 
+def test_between_steps_runs_between_a_label_maps_steps_untimed(tiny_model: LSMSeg, tiny_text) -> None:
+    segmenter = Segmenter(tiny_model, device="cpu")
+    image = random_image(120, 90, 10)
+    plain = segmenter.segment([image], tiny_text).results[0]
+    calls: list[int] = []
+
+    def other_work(pixels: int) -> None:
+        calls.append(pixels)
+        time.sleep(0.05)
+
+    [(_, result, timings)] = segmenter.segment_each([image], tiny_text, between_steps=other_work)
+    passes = len(segmenter.edge_refinement.dilations)
+    assert calls == [120 * 90] * (passes - 1 + 1)  # between passes, and before the one group of 8 classes
+    np.testing.assert_array_equal(result.label_map, plain.label_map)
+    assert timings["postprocess"] < 0.05 * len(calls) / 2  # the other work's 0.3 s is not counted
+
+
 def test_sliding_window_covers_the_image_and_uses_one_class_set(tiny_model: LSMSeg, tiny_text) -> None:
     segmenter = Segmenter(tiny_model, device="cpu", sliding_window=True)
     assert segmenter.window_stride == 40 and segmenter.sliding_size == 104  # 64 + stride, patch multiples

@@ -240,10 +240,10 @@ def test_a_failing_image_fails_alone_and_its_unanswered_neighbours_are_retried(t
     segmenter = Segmenter(tiny_model, device="cpu")
     label_map = segmenter._label_map
 
-    def breaks_on_odd_sizes(probs, classes, image, num_classes):
+    def breaks_on_odd_sizes(probs, classes, image, *rest):
         if image.shape[0] == 77:
             raise RuntimeError("this image's label map broke")
-        return label_map(probs, classes, image, num_classes)
+        return label_map(probs, classes, image, *rest)
 
     segmenter._label_map = breaks_on_odd_sizes  # type: ignore[method-assign]
     engine = Engine(tiny_model, Backend("torch", segmenter))
@@ -263,7 +263,7 @@ def _started_batcher(run=None, **options: object) -> tuple[Batcher, list[list[in
     """A ready batcher whose batches multiply by 10 and are recorded (or are run by `run`)."""
     seen: list[list[int]] = []
 
-    def times_ten(payloads):
+    def times_ten(payloads, serve_cheaper):
         seen.append(list(payloads))
         return enumerate(payload * 10 for payload in payloads)
 
@@ -365,7 +365,7 @@ def test_each_request_of_a_batch_is_answered_as_soon_as_its_own_result_is_out():
     second_answered = threading.Event()
     answered_while_running: list[bool] = []
 
-    def slow_first(payloads):
+    def slow_first(payloads, serve_cheaper):
         yield 1, payloads[1] * 10
         # The first job's result is still being made: the second's client has its answer already.
         answered_while_running.append(second_answered.wait(5))
@@ -390,12 +390,46 @@ def test_each_request_of_a_batch_is_answered_as_soon_as_its_own_result_is_out():
         batcher.stop()
 
 
+def test_cheaper_requests_overtake_a_running_batch_at_its_safe_points_and_equal_ones_do_not():
+    queued = threading.Event()
+    order: list[str] = []
+
+    def large_label_map(payloads, serve_cheaper):
+        if payloads[0] < 100:  # a small request: no steps
+            order.append(f"small {payloads}")
+            return enumerate(payloads)
+        queued.wait(5)
+        order.append("large: step 1")
+        serve_cheaper(payloads[0])  # what it is doing costs its payload
+        order.append("large: step 2")
+        return enumerate(payloads)
+
+    batcher, _ = _started_batcher(
+        max_batch=8, max_wait_s=0.0, queue_size=8, run=large_label_map, cost=lambda payload: payload
+    )
+
+    async def scenario() -> None:
+        large = batcher.admit().submit(500)
+        await asyncio.sleep(0.1)  # the large one is running
+        same = batcher.admit().submit(500)
+        small = [batcher.admit().submit(10), batcher.admit().submit(20)]
+        queued.set()
+        await asyncio.gather(large.future, same.future, *(job.future for job in small))
+
+    try:
+        asyncio.run(scenario())
+        # The two small ones ran inside the large batch, as one batch; the equal one waited its turn.
+        assert order == ["large: step 1", "small [10, 20]", "large: step 2", "large: step 1", "large: step 2"]
+    finally:
+        batcher.stop()
+
+
 def test_a_batch_that_fails_midway_keeps_the_answers_it_gave_and_fails_the_rest():
-    def fails_after_one(payloads):
+    def fails_after_one(payloads, serve_cheaper):
         yield 0, payloads[0] * 10
         raise RuntimeError("the second label map broke")
 
-    def forgets_one(payloads):
+    def forgets_one(payloads, serve_cheaper):
         return [(0, payloads[0] * 10)]
 
     async def scenario(batcher: Batcher) -> tuple[int, BaseException | None]:
@@ -419,7 +453,7 @@ def test_a_batch_that_fails_midway_keeps_the_answers_it_gave_and_fails_the_rest(
 def test_work_between_batches_alternates_with_batches():
     order: list[str] = []
 
-    def record(payloads):
+    def record(payloads, serve_cheaper):
         order.append(f"batch {payloads[0]}")
         return enumerate(payloads)
 
