@@ -10,12 +10,16 @@ the seeded random `tiny`), a 640×480 JPEG and 20 classes given inline:
      and after 50 ms): useful images/s and the p95 of accepted requests (target: 16 clients keep ≥ 90 % of
      the 1-client throughput);
   4. poison: one client's small requests (320×240, cached classes), quiet and while a 6000×6000 JPEG and a
-     request with 1024 never-seen classes arrive every second (target: p95 ≤ 2× the quiet p95).
+     request with 1024 never-seen classes arrive every second (target: p95 ≤ 2× the quiet p95);
+  5. registry: a worker on Redis (--redis-url; its database is emptied before and after): the worker's RSS
+     before and after --registrations POST /vocab, and GET /vocab/{id} latency quiet and while another
+     client pages through every vocabulary without pause (listing must not hold lookups up).
 
     python benchmarks/service_load.py
     python benchmarks/service_load.py --duration 20 --clients 1 4 8 16
     python benchmarks/service_load.py --torch-threads 1     # on a CPU shared with other jobs
     python benchmarks/service_load.py --parts overload poison
+    python benchmarks/service_load.py --parts registry --redis-url redis://127.0.0.1:6379/13
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 import torch
 from PIL import Image
 
@@ -298,6 +303,72 @@ def poisoned(server: Server, duration: float, poison: bool) -> dict:
     }
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux's /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def registry(server: Server, registrations: int, duration: float) -> dict:
+    """RSS growth over `registrations` new vocabularies (3 bank classes each, so their text is encoded once),
+    and lookup latency by id, quiet and while another client lists every page over and over."""
+    names = Bank().vocabulary("ade150")
+    vocab_ids: list[str] = []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        client.post("/vocab", json={"classes": names[:3]}).raise_for_status()  # start-up allocations
+        before = rss_mb(server.process.pid)
+        start = time.perf_counter()
+        for index in range(registrations):
+            # A new list each time (up to 2500) of three different classes, their text encoded once.
+            classes = [names[index % 50], names[50 + (index // 50) % 50], names[100 + (index * 7) % 50]]
+            response = client.post("/vocab", json={"classes": classes})
+            response.raise_for_status()
+            vocab_ids.append(response.json()["vocab_id"])
+        registering_s = time.perf_counter() - start
+        after = rss_mb(server.process.pid)
+        listing = threading.Event()
+        pages = 0
+
+        def lister() -> None:
+            nonlocal pages
+            with httpx.Client(base_url=server.url, timeout=120) as lister_client:
+                while listing.is_set():
+                    offset: int | None = 0
+                    while offset is not None and listing.is_set():
+                        page = lister_client.get("/vocab", params={"offset": offset, "limit": 100}).json()
+                        offset = page["next_offset"]
+                        pages += 1
+
+        def lookups() -> list[float]:
+            seconds = []
+            stop_at = time.perf_counter() + duration
+            rng = np.random.default_rng(0)
+            while time.perf_counter() < stop_at:
+                vocab_id = vocab_ids[int(rng.integers(len(vocab_ids)))]
+                begin = time.perf_counter()
+                client.get(f"/vocab/{vocab_id}").raise_for_status()
+                seconds.append(time.perf_counter() - begin)
+            return seconds
+
+        quiet = lookups()
+        listing.set()
+        side = threading.Thread(target=lister)
+        side.start()
+        during = lookups()
+        listing.clear()
+        side.join()
+    return {
+        "registrations": registrations,
+        "registrations_per_s": registrations / registering_s,
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "lookup_quiet": {"requests": len(quiet), **percentiles(quiet)},
+        "lookup_while_listing": {"requests": len(during), **percentiles(during), "pages_listed": pages},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -309,6 +380,10 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--torch-threads", type=int, default=None, help="for both sides (default: torch's)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--registrations", type=int, default=2000, help="new vocabularies (≤ 2500)")
+    parser.add_argument(
+        "--redis-url", default="redis://127.0.0.1:6379/13", help="the registry part's Redis (emptied!)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.torch_threads:
@@ -349,13 +424,22 @@ def main() -> None:
             report["poison"] = [poisoned(server, args.duration, poison) for poison in (False, True)]
         finally:
             server.stop()
+    if "registry" in args.parts:
+        database = redis.Redis.from_url(args.redis_url)
+        database.flushdb()
+        server = Server(redis_url=args.redis_url, **server_settings)
+        try:
+            report["registry"] = registry(server, args.registrations, args.duration)
+        finally:
+            server.stop()
+            database.flushdb()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print_report(report)
     print(f"\nwritten to {args.out}")
 
 
-PARTS = ("latency", "throughput", "overload", "poison")
+PARTS = ("latency", "throughput", "overload", "poison", "registry")
 
 
 def batching_parts(args: argparse.Namespace, server_settings: dict, jpeg: bytes, classes: list[str]) -> dict:
@@ -435,6 +519,21 @@ def print_report(report: dict) -> None:
             f"p95 ratio (target ≤ 2): {poisoned_run['p95_ms'] / quiet['p95_ms']:.2f}; "
             f"poison answers: {poisoned_run['poison_statuses']}"
         )
+
+
+    if "registry" in report:
+        row = report["registry"]
+        quiet, during = row["lookup_quiet"], row["lookup_while_listing"]
+        print(
+            f"\nregistry: {row['registrations']} registrations ({row['registrations_per_s']:.0f}/s), "
+            f"worker RSS {row['rss_before_mb']:.0f} -> {row['rss_after_mb']:.0f} MB "
+            f"(+{row['rss_after_mb'] - row['rss_before_mb']:.0f})"
+        )
+        print(f"{'GET /vocab/{id}':<22} {'p50 ms':>8} {'p95 ms':>8} {'requests':>9}")
+        for label, run in (("quiet", quiet), ("while listing", during)):
+            print(f"{label:<22} {run['p50_ms']:>8.1f} {run['p95_ms']:>8.1f} {run['requests']:>9}")
+        ratio = during["p95_ms"] / quiet["p95_ms"]
+        print(f"pages listed meanwhile: {during['pages_listed']}; p95 ratio {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -185,6 +186,36 @@ def test_pages_come_from_the_index_oldest_first(redis_url: str) -> None:
     assert total == 7 and first + second + last == registered == registry.list()
     registry.delete(registered[0].vocab_id)
     assert registry.page(0, 2) == (registered[1:3], 6)
+
+
+def test_a_listing_waiting_on_redis_holds_no_lookup_up(redis_url: str) -> None:
+    registry = VocabRegistry(redis_url)
+    kept = [registry.register([f"listed {index}"], name=f"listed{index}") for index in range(3)]
+    inside, release = threading.Event(), threading.Event()
+    run = registry.link.run
+
+    def slow_page_read(call):
+        if getattr(call, "__name__", "") == "read_page":  # the listing's round trip: stall it
+            inside.set()
+            assert release.wait(10)
+        return run(call)
+
+    registry.link.run = slow_page_read  # type: ignore[method-assign]
+    listed: list = []
+    lister = threading.Thread(target=lambda: listed.append(registry.page(0, 10)))
+    lister.start()
+    try:
+        assert inside.wait(5)
+        found = []
+        lookup = threading.Thread(target=lambda: found.extend(registry.get(f"listed{i}") for i in range(3)))
+        lookup.start()
+        lookup.join(5)
+        assert not lookup.is_alive() and found == kept  # answered while the listing still waits
+        assert lister.is_alive() and not listed
+    finally:
+        release.set()
+        lister.join(10)
+    assert listed == [(kept, 3)]
 
 
 def test_an_emptied_redis_gets_the_held_vocabularies_back(private_redis) -> None:
