@@ -15,7 +15,7 @@ from pycocotools import mask as coco_mask
 from lsmseg.model import Segmenter, WeightsNotFoundError, build_model, get_config, save_checkpoint
 from lsmseg.model.edge_refinement import DEFAULT_EDGE_REFINEMENT
 from lsmseg.service.backends import Backend, build_backend
-from lsmseg.service.batcher import Batcher
+from lsmseg.service.batcher import Batcher, Job
 from lsmseg.service.client import read_label_png
 from lsmseg.service.engine import Engine, SegmentJob, SegmentOutput
 from lsmseg.service.errors import ApiError
@@ -361,6 +361,15 @@ def test_admitted_requests_count_against_the_queue_until_they_leave():
         batcher.stop()
 
 
+def _one_batch_of_two(batcher: Batcher) -> tuple[Job, Job]:
+    """Payloads 1 and 2 queued so that they form one batch (the second was arriving when the first came)."""
+    with batcher.admit() as place:
+        place.arriving()
+        first = batcher.admit().submit(1)
+        second = place.submit(2)
+    return first, second
+
+
 def test_each_request_of_a_batch_is_answered_as_soon_as_its_own_result_is_out():
     second_answered = threading.Event()
     answered_while_running: list[bool] = []
@@ -374,10 +383,7 @@ def test_each_request_of_a_batch_is_answered_as_soon_as_its_own_result_is_out():
     batcher, _ = _started_batcher(max_batch=2, max_wait_s=5.0, queue_size=2, run=slow_first)
 
     async def scenario() -> list[int]:
-        with batcher.admit() as place:
-            place.arriving()
-            first = batcher.admit().submit(1)
-            second = place.submit(2)
+        first, second = _one_batch_of_two(batcher)
         result = await second.future
         second_answered.set()
         assert not first.future.done()
@@ -433,10 +439,7 @@ def test_a_batch_that_fails_midway_keeps_the_answers_it_gave_and_fails_the_rest(
         return [(0, payloads[0] * 10)]
 
     async def scenario(batcher: Batcher) -> tuple[int, BaseException | None]:
-        with batcher.admit() as place:
-            place.arriving()
-            first = batcher.admit().submit(1)
-            second = place.submit(2)
+        first, second = _one_batch_of_two(batcher)
         results = await asyncio.gather(first.future, second.future, return_exceptions=True)
         return results[0], results[1]
 
