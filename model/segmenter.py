@@ -49,6 +49,11 @@ class SegmentationBatch:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage for the whole batch
 
 
+def pixels(image: np.ndarray) -> int:
+    """What an image's label map costs: its pixels (the order of segment_each, the unit of between_steps)."""
+    return image.shape[0] * image.shape[1]
+
+
 def to_rgb_array(image: ImageLike) -> np.ndarray:
     """H×W×3 uint8 RGB from a PIL image or an array (gray, RGBA, 16-bit and float [0, 1] are converted)."""
     if isinstance(image, Image.Image):
@@ -225,7 +230,7 @@ class Segmenter:
         """probs 1×K×s×s of the K classes `classes` -> the label map at the image's size, timed as POSTPROCESS
         except `between_steps`, called with its pixels between edge-refinement passes and class groups."""
         height, width = image.shape[:2]
-        step = partial(timer.aside, partial(between_steps, height * width)) if between_steps else None
+        step = partial(timer.aside, partial(between_steps, pixels(image))) if between_steps else None
         with timer.stage(POSTPROCESS):
             if self.edge_refinement is not None:
                 size = self.edge_refinement.working_size(height, width)
@@ -283,7 +288,7 @@ class Segmenter:
             return
         arrays = [to_rgb_array(image) for image in images]
         texts = [t.to(self.device) for t in per_sample(text, len(arrays))]
-        order = sorted(range(len(arrays)), key=lambda index: arrays[index].shape[0] * arrays[index].shape[1])
+        order = sorted(range(len(arrays)), key=lambda index: pixels(arrays[index]))
         timer = StageTimer(self.device)
         if self.catseg is not None:
             # One image at a time, as CAT-Seg evaluates: its views are the batch.

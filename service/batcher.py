@@ -288,18 +288,15 @@ class Batcher(Generic[P, R]):
         if self._cost is None or self._overtaking:
             return
         with self._condition:
-            cheaper = [job for job in self._queue if self._cost(job.payload) < cost]
-            if not cheaper:
+            live = (job for job in self._queue if not job.future.cancelled())
+            batch = [job for job in live if self._cost(job.payload) < cost][: self.max_batch]
+            if not batch:
                 return
-            wait_s = cheaper[0].enqueued + self.max_wait_s - time.perf_counter()
-            if not self._ready(len(cheaper), wait_s):
+            if not self._ready(len(batch), batch[0].enqueued + self.max_wait_s - time.perf_counter()):
                 return
-            batch = [job for job in cheaper[: self.max_batch] if not job.future.cancelled()]
-            for job in cheaper[: self.max_batch]:
+            for job in batch:
                 self._queue.remove(job)
             self._publish_depth()
-        if not batch:
-            return
         self._overtaking = True
         try:
             self._run(batch)
@@ -312,8 +309,8 @@ class Batcher(Generic[P, R]):
             job.started = start
         self.metrics.batch_size.observe(len(batch))
         waiting = dict(enumerate(batch))
+        assert self._run_batch is not None  # set before the first batch
         try:
-            assert self._run_batch is not None
             for index, result in self._run_batch([job.payload for job in batch], self.serve_cheaper):
                 job = waiting.pop(index)
                 _resolve(job.future, job.loop, result)  # answered now, not when its batch-mates are done

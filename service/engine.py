@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lsmseg.model import LSMSeg, Segmentation
-from lsmseg.model.segmenter import BetweenSteps
+from lsmseg.model.segmenter import BetweenSteps, pixels
 from lsmseg.prompt_cache.modes import DEFAULT_PROMPT_MODE, class_encoder
 from lsmseg.service.backends import Backend
 
@@ -31,7 +31,7 @@ class SegmentJob:
     @property
     def pixels(self) -> int:
         """What its label map costs, in the unit Segmenter.segment_each's between_steps is given."""
-        return self.image.shape[0] * self.image.shape[1]
+        return pixels(self.image)
 
 
 @dataclass(frozen=True)
